@@ -1,0 +1,359 @@
+"""``recc platform configure`` and ``recc platform check``: Terraform outputs become RECC's dask
+config, and the check reports what is set and what answers (AWS through moto)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import dask.config
+import pytest
+import yaml
+from moto import mock_aws
+from recc.cli import platform as platform_cli
+from typer.testing import CliRunner
+
+import recc.config
+from recc import platform
+from recc.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "tests" / "data" / "terraform-outputs.json"
+REGION = "eu-west-1"
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty dask config directory, as if this process had started with DASK_CONFIG=it.
+
+    dask reads DASK_CONFIG once, at import, into ``dask.config.paths`` (the default of
+    ``refresh``), so the directory is added there too; the global config is restored after.
+    """
+    directory = tmp_path / "dask"
+    directory.mkdir()
+    monkeypatch.setenv("DASK_CONFIG", str(directory))
+    for name in list(os.environ):
+        if name.startswith("DASK_RECC__"):
+            monkeypatch.delenv(name)
+    dask.config.paths.append(str(directory))
+    recc.config.refresh()
+    try:
+        yield directory
+    finally:
+        dask.config.paths.remove(str(directory))
+        monkeypatch.undo()
+        recc.config.refresh()
+
+
+def sample_outputs(**changes: object) -> dict:
+    """The sample ``terraform output -json``, with some values replaced (None removes one)."""
+    outputs = json.loads(SAMPLE.read_text())
+    for name, value in changes.items():
+        if value is None:
+            outputs.pop(name)
+        else:
+            outputs[name] = {"sensitive": False, "type": "string", "value": value}
+    return outputs
+
+
+def write_outputs(path: Path, outputs: object) -> Path:
+    path.write_text(json.dumps(outputs))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# configure
+# ---------------------------------------------------------------------------------------------
+
+
+def test_configure_writes_recc_eks_keys_that_dask_config_then_reads(config_dir: Path) -> None:
+    done = platform.configure_from_terraform(SAMPLE)
+
+    assert done.path == config_dir / "recc-platform.yaml"
+    written = yaml.safe_load(done.path.read_text())
+    assert written["recc"]["eks"]["cluster-name"] == "research-dask"
+    assert written["recc"]["eks"]["node-role-arn"].endswith(":role/research-dask-recc-node")
+
+    assert recc.config.get("eks.cluster-name") is None  # not seen until refreshed
+    recc.config.refresh()
+    assert recc.config.get("eks.cluster-name") == "research-dask"
+    assert recc.config.get("eks.region") == REGION
+    assert recc.config.get("eks.subnets") == [
+        "subnet-0a1b2c3d4e5f60718",
+        "subnet-0b2c3d4e5f6071829",
+        "subnet-0c3d4e5f607182930",
+    ]
+    assert recc.config.get("eks.security-groups") == [
+        "sg-0a1b2c3d4e5f60718",
+        "sg-0f1e2d3c4b5a69788",
+    ]
+    assert recc.config.get("eks.worker-role-arn").endswith(":role/research-dask-recc-worker")
+    assert recc.config.get("eks.allowed-client-cidrs") == ["10.0.0.0/8"]
+    assert recc.config.get("eks.operator-namespace") == "dask-operator"
+    assert recc.config.get("eks.endpoint").startswith("https://")
+    assert recc.config.get("eks.ca-data").startswith("LS0t")
+    assert recc.config.get("eks.source-nfs-server") is None
+    # Keys RECC's defaults do not hold yet still land in the config.
+    assert recc.config.get("eks.harvester-schedule") == "*/10 * * * *"
+    # Settings Terraform does not output stay at their defaults.
+    assert recc.config.get("eks.timeouts.nodegroup-active") == 900
+
+
+def test_configure_then_refresh_in_a_process_started_with_dask_config(tmp_path: Path) -> None:
+    """The user's path: DASK_CONFIG set in the environment, configure, refresh, read."""
+    code = (
+        "import recc.config, recc.platform, sys\n"
+        "assert recc.config.get('eks.cluster-name') is None\n"
+        "recc.platform.configure_from_terraform(sys.argv[1])\n"
+        "recc.config.refresh()\n"
+        "print(recc.config.get('eks.cluster-name'), recc.config.get('eks.region'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_RECC__")}
+    env["DASK_CONFIG"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(SAMPLE)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["research-dask", REGION]
+    assert (tmp_path / "recc-platform.yaml").is_file()
+
+
+def test_configure_replaces_the_file_as_a_whole(config_dir: Path, tmp_path: Path) -> None:
+    platform.configure_from_terraform(SAMPLE)
+    second = write_outputs(tmp_path / "second.json", sample_outputs(cluster_name="other-dask"))
+    platform.configure_from_terraform(second)
+
+    recc.config.refresh()
+    assert recc.config.get("eks.cluster-name") == "other-dask"
+    assert sorted(p.name for p in config_dir.iterdir()) == ["recc-platform.yaml"]  # no temp files
+
+
+def test_a_users_own_recc_yaml_overrides_the_platform_file(config_dir: Path) -> None:
+    (config_dir / "recc.yaml").write_text("recc:\n  eks:\n    region: us-east-2\n")
+    platform.configure_from_terraform(SAMPLE)
+
+    recc.config.refresh()
+    assert recc.config.get("eks.region") == "us-east-2"
+    assert recc.config.get("eks.cluster-name") == "research-dask"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"cluster_name": None}, r"lack cluster_name"),
+        ({"subnet_ids": "subnet-0abc"}, r"subnet_ids='subnet-0abc'.*list of strings.*for example"),
+        ({"subnet_ids": []}, r"subnet_ids=\[\].*must not be empty"),
+        ({"node_role_arn": "research-dask-recc-node"}, r"node_role_arn=.*recc.eks.node-role-arn"),
+        ({"region": "Ireland"}, r"region='Ireland'.*for example: eu-west-1"),
+        ({"harvester_schedule": "every 10 minutes"}, r"harvester_schedule=.*\*/10 \* \* \* \*"),
+    ],
+)
+def test_bad_outputs_are_refused_naming_output_value_and_example(
+    config_dir: Path, tmp_path: Path, change: dict, message: str
+) -> None:
+    bad = write_outputs(tmp_path / "bad.json", sample_outputs(**change))
+    with pytest.raises(ConfigError, match=message):
+        platform.configure_from_terraform(bad)
+    assert not (config_dir / "recc-platform.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", r"is not JSON .*terraform output -json"),
+        ('["cluster_name"]', r"expected the JSON object printed by `terraform output -json`"),
+        ('{"cluster_name": "research-dask"}', r"output 'cluster_name' has no \"value\""),
+    ],
+)
+def test_files_that_are_not_terraform_output_json_are_refused(
+    config_dir: Path, tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "outputs.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        platform.configure_from_terraform(path)
+    with pytest.raises(ConfigError, match=r"cannot read Terraform outputs from .*missing\.json"):
+        platform.configure_from_terraform(tmp_path / "missing.json")
+    assert not (config_dir / "recc-platform.yaml").exists()
+
+
+def test_importing_writes_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "DASK_CONFIG": str(tmp_path)}
+    subprocess.run(
+        [sys.executable, "-c", "import recc.platform, recc.cli.platform"], env=env, check=True
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_configure_prints_what_it_wrote(config_dir: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(platform_cli.app, ["configure", "--from-terraform", str(SAMPLE)])
+    assert result.exit_code == 0, result.output
+    assert "recc-platform.yaml" in result.output
+    assert re.search(r"recc\.eks\.cluster-name\s+.*research-dask", result.output)
+    assert "(default)" in result.output  # source-nfs-server: null
+
+    result = runner.invoke(
+        platform_cli.app, ["configure", "--from-terraform", str(SAMPLE), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert printed["path"] == str(config_dir / "recc-platform.yaml")
+    assert printed["settings"]["recc.eks.cluster-name"] == "research-dask"
+    assert printed["settings"]["recc.eks.subnets"][0] == "subnet-0a1b2c3d4e5f60718"
+
+
+def test_cli_configure_rejects_a_bad_file_with_usage_error(
+    config_dir: Path, tmp_path: Path
+) -> None:
+    bad = write_outputs(tmp_path / "bad.json", sample_outputs(region=None))
+    result = CliRunner().invoke(platform_cli.app, ["configure", "--from-terraform", str(bad)])
+    assert result.exit_code == 2
+    assert "lack region" in result.output
+    assert not (config_dir / "recc-platform.yaml").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract between the Terraform module and RECC
+# ---------------------------------------------------------------------------------------------
+
+
+def _terraform_outputs(path: Path) -> set[str]:
+    return set(re.findall(r'^output "([^"]+)"', path.read_text(), re.MULTILINE))
+
+
+def test_terraform_exports_every_output_recc_reads() -> None:
+    read = set(platform.TERRAFORM_OUTPUTS)
+    assert read <= _terraform_outputs(REPO / "terraform" / "outputs.tf")
+    assert read <= _terraform_outputs(REPO / "terraform" / "examples" / "complete" / "outputs.tf")
+    assert read <= set(json.loads(SAMPLE.read_text()))
+
+
+def test_settings_use_the_key_names_of_the_packaged_defaults() -> None:
+    defaults = yaml.safe_load((REPO / "recc" / "recc.yaml").read_text())["recc"]["eks"]
+    issue_keys = {
+        "cluster-name", "region", "subnets", "security-groups", "node-role-arn",
+        "worker-role-arn", "allowed-client-cidrs", "operator-namespace", "endpoint", "ca-data",
+        "source-nfs-server", "source-nfs-path",
+    }  # fmt: skip
+    written = {s.key.removeprefix("eks.") for s in platform.SETTINGS}
+    assert issue_keys <= written
+    assert issue_keys <= set(defaults), "recc/recc.yaml renamed a platform key"
+
+
+# ---------------------------------------------------------------------------------------------
+# check
+# ---------------------------------------------------------------------------------------------
+
+
+def test_check_offline_with_nothing_configured_names_the_missing_keys(config_dir: Path) -> None:
+    report = platform.check_platform(offline=True)
+    assert not report.ok
+    missing = {f.name for f in report.findings if f.status == platform.MISSING}
+    assert missing == {
+        "recc.eks.cluster-name",
+        "recc.eks.region",
+        "recc.eks.subnets",
+        "recc.eks.node-role-arn",
+    }
+
+    result = CliRunner().invoke(platform_cli.app, ["check", "--offline", "--json"])
+    assert result.exit_code == 1
+    printed = json.loads(result.output)
+    assert printed["ok"] is False
+    by_name = {f["name"]: f for f in printed["findings"]}
+    assert by_name["recc.eks.cluster-name"]["status"] == "missing"
+    assert "research-dask" in by_name["recc.eks.cluster-name"]["detail"]  # the example
+    assert by_name["recc.eks.worker-role-arn"]["status"] == "not set"
+
+
+def test_check_offline_after_configure_is_ok(config_dir: Path) -> None:
+    platform.configure_from_terraform(SAMPLE)
+    recc.config.refresh()
+    result = CliRunner().invoke(platform_cli.app, ["check", "--offline"])
+    assert result.exit_code == 0, result.output
+    assert "ready" in result.output and "not ready" not in result.output
+    assert re.search(r"recc\.eks\.cluster-name\s+.*ok\s+.*research-dask", result.output)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """moto for every AWS call, with credentials that can only reach moto."""
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    with mock_aws():
+        yield
+
+
+def make_eks_cluster(name: str) -> dict:
+    eks = boto3.client("eks", region_name=REGION)
+    return eks.create_cluster(
+        name=name,
+        roleArn="arn:aws:iam::123456789012:role/research-dask-eks-cluster",
+        resourcesVpcConfig={"subnetIds": ["subnet-0a1b2c3d4e5f60718", "subnet-0b2c3d4e5f6071829"]},
+    )["cluster"]
+
+
+def configure(tmp_path: Path, **changes: object) -> None:
+    platform.configure_from_terraform(write_outputs(tmp_path / "o.json", sample_outputs(**changes)))
+    recc.config.refresh()
+
+
+def test_check_reaches_sts_and_eks_and_reports_kubernetes_unreachable(
+    config_dir: Path, tmp_path: Path, aws: None
+) -> None:
+    make_eks_cluster("research-dask")
+    # Port 1 on loopback refuses at once: the API server is configured but not answering.
+    configure(tmp_path, cluster_endpoint="https://127.0.0.1:1")
+
+    report = platform.check_platform()
+    by_name = {f.name: f for f in report.findings}
+    assert by_name["aws: sts get-caller-identity"].status == platform.OK
+    assert by_name["aws: sts get-caller-identity"].detail.startswith("arn:aws:")
+    assert by_name["aws: eks describe-cluster"].status == platform.OK
+    assert "research-dask: ACTIVE" in by_name["aws: eks describe-cluster"].detail
+    assert by_name["kubernetes: /version"].status == platform.FAILED
+    assert "https://127.0.0.1:1" in by_name["kubernetes: /version"].detail
+    assert not report.ok
+
+    result = CliRunner().invoke(platform_cli.app, ["check", "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.output)["ok"] is False
+
+
+def test_check_reports_a_cluster_missing_from_eks(
+    config_dir: Path, tmp_path: Path, aws: None
+) -> None:
+    make_eks_cluster("someone-elses")
+    configure(tmp_path)
+
+    by_name = {f.name: f for f in platform.check_platform().findings}
+    assert by_name["aws: eks describe-cluster"].status == platform.FAILED
+    assert (
+        by_name["aws: eks describe-cluster"].detail == f"no EKS cluster 'research-dask' in {REGION}"
+    )
+    assert by_name["kubernetes: /version"].status == platform.SKIPPED
+
+
+def test_eks_token_is_a_presigned_sts_call_bound_to_the_cluster(aws: None) -> None:
+    import base64
+    from urllib.parse import parse_qs, urlparse
+
+    token = platform.eks_token(boto3.session.Session(), "research-dask", REGION)
+    assert token.startswith("k8s-aws-v1.")
+    encoded = token.removeprefix("k8s-aws-v1.")
+    url = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    query = parse_qs(urlparse(url).query)
+    assert query["Action"] == ["GetCallerIdentity"]
+    assert "x-k8s-aws-id" in query["X-Amz-SignedHeaders"][0].split(";")
+    assert query["X-Amz-Expires"] == ["60"]
+    assert urlparse(url).hostname.startswith("sts.")
