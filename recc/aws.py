@@ -1,0 +1,24 @@
+"""The one funnel for boto3 clients, so region, profile and test endpoints live in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+
+from recc import config
+
+
+def session(profile: str | None = None) -> boto3.Session:
+    """A boto3 session for ``profile`` (default: ``recc.eks.profile``) and RECC's region."""
+    return boto3.Session(
+        profile_name=profile or config.get("eks.profile") or None,
+        region_name=config.get("eks.region") or None,
+    )
+
+
+def client(service: str, profile: str | None = None, region: str | None = None) -> Any:
+    """A boto3 client for ``service``; the Pricing API lives in us-east-1 whatever the region."""
+    if service == "pricing":
+        region = "us-east-1"
+    return session(profile).client(service, region_name=region)

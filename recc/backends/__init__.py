@@ -1,0 +1,1 @@
+"""Backends: where a cluster's processes run (``local``: this machine; ``eks``: AWS)."""

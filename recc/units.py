@@ -1,0 +1,94 @@
+"""Parsing and formatting of sizes, CPU amounts and durations given by users.
+
+Every parser raises ``ValueError`` with a short reason; :mod:`recc.spec` turns that into a
+:class:`~recc.errors.SpecError` that names the field and a valid example.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from dask.utils import parse_bytes, parse_timedelta
+
+GiB = 2**30
+MiB = 2**20
+
+_CPU_MILLI = re.compile(r"^\s*(\d+)\s*m\s*$")
+
+
+def parse_memory(value: object) -> int:
+    """Bytes from ``"1.5GiB"``, ``"1536MiB"``, ``"2GB"`` or a bare number of GiB (``1.5``)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size, not a boolean")
+    if isinstance(value, (int, float)):
+        size = float(value) * GiB  # bare numbers are GiB: the unit users think in
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            size = float(text) * GiB
+        except ValueError:
+            try:
+                size = float(parse_bytes(text))
+            except (ValueError, KeyError) as e:
+                raise ValueError("not a size") from e
+    else:
+        raise ValueError(f"expected a size, got {type(value).__name__}")
+    if not math.isfinite(size) or size <= 0:
+        raise ValueError("must be a positive size")
+    return int(size)
+
+
+def parse_cpu(value: object) -> float:
+    """Cores from ``1``, ``0.5``, ``"2"`` or Kubernetes millicores ``"500m"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number of cores, not a boolean")
+    if isinstance(value, str) and (m := _CPU_MILLI.match(value)):
+        cores = int(m.group(1)) / 1000
+    else:
+        try:
+            cores = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as e:
+            raise ValueError("not a number of cores") from e
+    if not math.isfinite(cores) or cores <= 0:
+        raise ValueError("must be a positive number of cores")
+    return cores
+
+
+def parse_duration(value: object) -> float | None:
+    """Seconds from ``"1h"``, ``"30m"``, ``"7d"`` or a number of seconds; None/"none" = never."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"none", "never"}):
+        return None
+    if isinstance(value, bool):
+        raise ValueError("expected a duration, not a boolean")
+    try:
+        seconds = float(parse_timedelta(value))  # type: ignore[arg-type]
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError("not a duration") from e
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("must be a positive duration")
+    return seconds
+
+
+def format_memory(size: int) -> str:
+    """The shortest exact spelling of a size: ``"1.5GiB"``, ``"1000MiB"``, ``"123456B"``."""
+    for unit, factor in (("GiB", GiB), ("MiB", MiB)):
+        value = size / factor
+        if value >= 1 and round(value, 3) == value:
+            return f"{value:g}{unit}"
+    return f"{size}B"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``"1h"``, ``"90m"``, ``"45s"``; ``"never"`` for None."""
+    if seconds is None:
+        return "never"
+    for unit, factor in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= factor and seconds % factor == 0:
+            return f"{int(seconds // factor)}{unit}"
+    return f"{seconds:g}s"
+
+
+def cpu_millis(cores: float) -> int:
+    """Kubernetes millicores for a number of cores (rounded up: never under-request)."""
+    return math.ceil(round(cores * 1000, 6))
