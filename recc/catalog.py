@@ -57,7 +57,9 @@ class Catalog:
         except KeyError:
             close = difflib.get_close_matches(name, self.types, n=3)
             example = ", ".join(close) if close else "c5.xlarge"
-            raise SpecError(field, name, f"unknown instance type ({self.source})", example) from None
+            raise SpecError(
+                field, name, f"unknown instance type ({self.source})", example
+            ) from None
 
     def __iter__(self):  # noqa: ANN204 - iterator over InstanceType
         return iter(self.types.values())
@@ -103,7 +105,9 @@ def aws_catalog(ec2_client: Any, cache_file: Path | None = None) -> Catalog:
     cache_file = cache_file or config.cache_dir() / "instance-types.json"
     ttl = parse_duration(config.get("planning.cache-ttl")) or 0
     if cache_file.is_file() and time.time() - cache_file.stat().st_mtime < ttl:
-        return Catalog([InstanceType(**t) for t in json.loads(cache_file.read_text())], "EC2 (cached)")
+        return Catalog(
+            [InstanceType(**t) for t in json.loads(cache_file.read_text())], "EC2 (cached)"
+        )
     paginator = ec2_client.get_paginator("describe_instance_types")
     types = [_from_description(it) for page in paginator.paginate() for it in page["InstanceTypes"]]
     cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,9 @@ def allocatable(instance: InstanceType, overhead: NodeOverhead) -> Capacity:
     max_pods = instance.max_pods
     reserved_mib = _KUBE_RESERVED_BASE_MIB + _KUBE_RESERVED_PER_POD_MIB * max_pods
     return Capacity(
-        cpu_m=instance.vcpus * 1000 - kube_reserved_cpu_m(instance.vcpus) - overhead.daemonset_cpu_m,
+        cpu_m=instance.vcpus * 1000
+        - kube_reserved_cpu_m(instance.vcpus)
+        - overhead.daemonset_cpu_m,
         memory_mib=instance.memory_mib
         - reserved_mib
         - overhead.eviction_memory_mib
@@ -205,7 +207,8 @@ def _plan_group(
         )
         where = _suggest(catalog, worker, overhead, instance.arch)
         raise PlanError(
-            f"{field}={value!r} on {group.name!r} workers: a worker needing {worker.cpu_m}m CPU, {worker.memory_mib} MiB and "
+            f"{field}={value!r} on {group.name!r} workers: a worker needing "
+            f"{worker.cpu_m}m CPU, {worker.memory_mib} MiB and "
             f"{worker.gpus} GPU does not fit on {instance.name} (allocatable {node.cpu_m}m CPU, "
             f"{node.memory_mib} MiB, {node.gpus} GPU); it fits on: "
             f"{where} (for example: instance_type={where.split(',')[0]!r})"
@@ -254,8 +257,10 @@ def plan_cluster(
     groups = tuple(
         _plan_group(
             group,
-            catalog.get(group.instance_type, field="instance_type" if i == 0 else
-                        f"worker_groups.{group.name}.instance_type"),
+            catalog.get(
+                group.instance_type,
+                field="instance_type" if i == 0 else f"worker_groups.{group.name}.instance_type",
+            ),
             overhead,
             catalog,
             scheduler if i == 0 else None,

@@ -54,8 +54,9 @@ class PriceBook:
     Stubber); with None, RECC creates one when ``recc.cost.price-source`` asks for AWS.
     """
 
-    def __init__(self, pricing_client: Any = None, region: str | None = None,
-                 cache_file: Path | None = None):
+    def __init__(
+        self, pricing_client: Any = None, region: str | None = None, cache_file: Path | None = None
+    ):
         self._client = pricing_client
         self._region = region or config.get("eks.region") or "us-east-1"
         self._cache_file = cache_file or config.cache_dir() / f"prices-{self._region}.json"
@@ -84,7 +85,9 @@ class PriceBook:
         """A spot estimate: on-demand x ``recc.cost.spot-ratio`` (spot prices move hourly)."""
         base = self.on_demand(instance_type)
         ratio = float(config.get("cost.spot-ratio"))
-        return Price(round(base.usd_per_hour * ratio, 4), f"spot estimate ({ratio:g} x {base.source})")
+        return Price(
+            round(base.usd_per_hour * ratio, 4), f"spot estimate ({ratio:g} x {base.source})"
+        )
 
     def _fetch(self, instance_type: str) -> float | None:
         if self._client is None:

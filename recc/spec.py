@@ -152,9 +152,7 @@ class ClusterSpec(BaseModel):
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         if v is not None and not is_dns1123_label(v, MAX_CLUSTER_NAME):
-            raise ValueError(
-                f"is not a DNS-1123 label of at most {MAX_CLUSTER_NAME} characters"
-            )
+            raise ValueError(f"is not a DNS-1123 label of at most {MAX_CLUSTER_NAME} characters")
         return v
 
     _instance_type = field_validator("instance_type")(
