@@ -73,9 +73,17 @@ Cpu = Annotated[float, _parsed(parse_cpu)]
 Duration = Annotated[float | None, _parsed(parse_duration)]
 
 
+def _as_mapping(value: Any) -> dict[Any, Any]:
+    # dict() of an int raises TypeError, which pydantic would let escape as a crash; of a
+    # string it gives a baffling message. Both deserve the usual SpecError.
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a mapping of names to values, not {type(value).__name__}")
+    return dict(value)
+
+
 def _check_resources(value: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for key, amount in dict(value).items():
+    for key, amount in _as_mapping(value).items():
         if not _RESOURCE_NAME.match(str(key)):
             raise ValueError(f"resource name {key!r} must start with a letter ([A-Za-z0-9_.-])")
         try:
@@ -172,10 +180,11 @@ class ClusterSpec(BaseModel):
     @field_validator("env", mode="before")
     @classmethod
     def _env(cls, v: Mapping[str, Any]) -> dict[str, str]:
-        bad = [k for k in dict(v) if not _ENV_NAME.match(str(k))]
+        v = _as_mapping(v)
+        bad = [k for k in v if not _ENV_NAME.match(str(k))]
         if bad:
             raise ValueError(f"environment variable name {bad[0]!r} is not [A-Za-z_][A-Za-z0-9_]*")
-        return {str(k): str(val) for k, val in dict(v).items()}
+        return {str(k): str(val) for k, val in v.items()}
 
     @field_validator("source_git_branch")
     @classmethod
@@ -187,7 +196,8 @@ class ClusterSpec(BaseModel):
     @field_validator("tags", mode="before")
     @classmethod
     def _tags(cls, v: Mapping[str, Any]) -> dict[str, str]:
-        bad = [k for k in dict(v) if not _TAG_KEY.match(str(k)) or str(k).startswith("recc:")]
+        v = _as_mapping(v)
+        bad = [k for k in v if not _TAG_KEY.match(str(k)) or str(k).startswith("recc:")]
         if bad:
             raise ValueError(f"tag key {bad[0]!r} is invalid or reserved (recc:*)")
         return {str(k): str(val) for k, val in dict(v).items()}
