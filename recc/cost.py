@@ -48,7 +48,7 @@ def estimate_cost(plan: NodePlan, prices: PriceBook | None = None) -> CostEstima
     >>> from recc.catalog import bundled_catalog
     >>> from recc.plan import plan_cluster
     >>> estimate_cost(plan_cluster(resolve_spec(), bundled_catalog())).usd_per_hour
-    1.289
+    1.29
     """
     prices = prices or PriceBook()
     groups = []
