@@ -6,18 +6,20 @@ Parses, calls :mod:`recc.platform`, prints. Nothing else lives here.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from recc import platform
-from recc.errors import ConfigError
+from recc.errors import ConfigError, RECCError
 
 app = typer.Typer(
-    help="The platform RECC runs on: configure RECC from Terraform, check it.",
+    help="The platform RECC runs on: configure RECC from Terraform, install, check it.",
     no_args_is_help=True,
 )
 
@@ -110,6 +112,44 @@ def check(
         console.print("[green]ready[/]" if report.ok else "[bold red]not ready[/]")
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def install(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the manifests as YAML; contact nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Apply the platform's Kubernetes objects: the dask-kubernetes operator (CRDs, RBAC,
+    Deployment), the researchers' RBAC and admission policy, the harvester CronJob.
+
+    Run as a platform admin after `recc platform configure`; safe to re-run.
+    """
+    try:
+        if dry_run:
+            manifests = platform.platform_manifests(
+                platform.platform_settings(), platform.recc_version()
+            )
+            if as_json:
+                typer.echo(json.dumps(manifests, indent=2))
+            else:
+                dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+                typer.echo(yaml.dump_all(manifests, Dumper=dumper, sort_keys=False), nl=False)
+            return
+        applied = platform.install()
+    except RECCError as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(1) from e
+    if as_json:
+        typer.echo(json.dumps([asdict(a) for a in applied], indent=2))
+        return
+    table = Table(title="Applied", title_justify="left")
+    for column in ("action", "kind", "namespace", "name"):
+        table.add_column(column)
+    for a in applied:
+        table.add_row(a.action, a.kind, a.namespace or "", a.name)
+    Console().print(table)
 
 
 def _shown(key: str, value: Any) -> str:

@@ -15,21 +15,24 @@ edges: one function writes the YAML file, one function talks to AWS and Kubernet
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import dask.config
 import yaml
 
-from recc import config
-from recc.errors import ConfigError
+from recc import aws, config
+from recc.errors import BackendError, ConfigError
 
 PLATFORM_FILE = "recc-platform.yaml"
 """Name of the file ``configure`` writes in the user's dask config directory."""
@@ -351,14 +354,10 @@ def reachability_findings(
     ``session`` is a :class:`boto3.session.Session` (default: from ``recc.eks.profile`` and
     ``recc.eks.region``). Every failure becomes a finding with the reason, never an exception.
     """
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     region, name = get("eks.region"), get("eks.cluster-name")
-    if session is None:
-        session = boto3.session.Session(
-            profile_name=get("eks.profile") or None, region_name=region or None
-        )
+    session = session or aws.session()
     findings = []
     try:
         who = session.client("sts", region_name=region or None).get_caller_identity()
@@ -414,6 +413,45 @@ def reachability_findings(
     return findings
 
 
+@contextmanager
+def kubernetes_api_client(
+    session: Any, cluster_name: str, region: str, endpoint: str, ca_data: str | None
+) -> Iterator[Any]:
+    """A :class:`kubernetes.client.ApiClient` for the platform, authenticated as the AWS caller.
+
+    ``https://`` endpoints need the cluster's CA (base64 PEM, as EKS returns it); plain
+    ``http://`` is accepted for local test servers. Raises :class:`ConfigError` when the CA is
+    missing or the token cannot be made.
+    """
+    import kubernetes.client
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        token = eks_token(session, cluster_name, region)
+    except BotoCoreError as e:
+        raise ConfigError(f"cannot make an EKS token for {cluster_name}: {e}") from e
+    conf = kubernetes.client.Configuration()
+    conf.host = endpoint
+    conf.api_key = {"authorization": f"Bearer {token}"}
+    conf.retries = 0  # callers report failures; urllib3's retries would only delay them
+    ca_file = None
+    try:
+        if endpoint.startswith("https://"):
+            if not ca_data:
+                raise ConfigError(
+                    "recc.eks.ca-data is not set and EKS did not return a CA "
+                    "(for example: recc platform configure --from-terraform platform.json)"
+                )
+            with tempfile.NamedTemporaryFile("wb", suffix=".crt", delete=False) as f:
+                f.write(base64.b64decode(ca_data))
+            ca_file = conf.ssl_ca_cert = f.name
+        with kubernetes.client.ApiClient(conf) as api:
+            yield api
+    finally:
+        if ca_file:
+            Path(ca_file).unlink(missing_ok=True)
+
+
 def _kubernetes_version(
     session: Any,
     name: str,
@@ -424,38 +462,21 @@ def _kubernetes_version(
 ) -> Finding:
     import kubernetes.client
     import urllib3
-    from botocore.exceptions import BotoCoreError
     from kubernetes.client.exceptions import ApiException
 
     label = "kubernetes: /version"
     if not endpoint:
         return Finding(label, FAILED, "no endpoint: set recc.eks.endpoint")
     try:
-        token = eks_token(session, name, region)
-    except BotoCoreError as e:
-        return Finding(label, FAILED, f"cannot make an EKS token: {e}")
-    conf = kubernetes.client.Configuration()
-    conf.host = endpoint
-    conf.api_key = {"authorization": f"Bearer {token}"}
-    conf.retries = 0
-    ca_file = None
-    try:
-        if endpoint.startswith("https://"):
-            if not ca_data:
-                return Finding(label, FAILED, "no CA: set recc.eks.ca-data")
-            with tempfile.NamedTemporaryFile("wb", suffix=".crt", delete=False) as f:
-                f.write(base64.b64decode(ca_data))
-                ca_file = conf.ssl_ca_cert = f.name
-        with kubernetes.client.ApiClient(conf) as api:
+        with kubernetes_api_client(session, name, region, endpoint, ca_data) as api:
             version = kubernetes.client.VersionApi(api).get_code(_request_timeout=timeout)
         return Finding(label, OK, f"{endpoint}: {version.git_version}")
+    except ConfigError as e:
+        return Finding(label, FAILED, str(e))
     except ApiException as e:
         return Finding(label, FAILED, f"{endpoint}: HTTP {e.status} {e.reason}")
     except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
         return Finding(label, FAILED, f"{endpoint}: {e}")
-    finally:
-        if ca_file:
-            Path(ca_file).unlink(missing_ok=True)
 
 
 def eks_token(session: Any, cluster_name: str, region: str, expires_in: int = 60) -> str:
@@ -507,3 +528,523 @@ def check_platform(
     if not offline:
         findings += reachability_findings(session, get)
     return CheckReport(tuple(findings))
+
+
+# ---------------------------------------------------------------------------------------------
+# install: the Kubernetes side of the platform (operator, RBAC, harvester schedule)
+# ---------------------------------------------------------------------------------------------
+
+# Platform objects say they are part of RECC but are *not* managed-by=recc: the harvester may
+# delete whatever carries that label, and it must never take the platform for an orphan.
+PLATFORM_LABELS = {
+    "app.kubernetes.io/part-of": "recc",
+    "app.kubernetes.io/component": "platform",
+    "app.kubernetes.io/managed-by": "recc-platform",
+}
+OPERATOR_NAME = "dask-kubernetes-operator"
+SYSTEM_POOL = {"recc.io/pool": "system"}  # the Terraform module's system node group label
+_CHART = ("operator", "deployment", "helm", "dask-kubernetes-operator")
+
+
+def _labels(**extra: str) -> dict[str, str]:
+    return {**PLATFORM_LABELS, **extra}
+
+
+def _meta(name: str, namespace: str | None = None, **annotations: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": _labels()}
+    if namespace:
+        meta["namespace"] = namespace
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
+def _chart_file(*parts: str) -> Any:
+    from importlib.resources import files
+
+    return files("dask_kubernetes").joinpath(*_CHART, *parts)
+
+
+def _chart_template(name: str, **values: str) -> dict[str, Any]:
+    """One of the operator chart's static templates, with its few Helm expressions filled in.
+
+    Only the RBAC templates are read this way: they are plain YAML between ``{{- if }}`` lines
+    plus the service account name and release namespace. Anything else left unrendered means
+    the chart changed shape, which is an error rather than a silently wrong manifest.
+    """
+    text = _chart_file("templates", name).read_text()
+    substitutions = {
+        '{{ include "dask_kubernetes_operator.serviceAccountName" . }}': values["account"],
+        "{{ .Release.Namespace }}": values.get("namespace", ""),
+    }
+    lines = []
+    for line in text.splitlines():
+        if re.fullmatch(r"\s*\{\{-.*\}\}\s*", line):
+            continue  # {{- if ... }} / {{- end }}: RECC always wants cluster-wide RBAC
+        for template, value in substitutions.items():
+            line = line.replace(template, value)
+        if "{{" in line:
+            raise ConfigError(
+                f"dask-kubernetes' chart template {name} has an expression RECC cannot fill: "
+                f"{line.strip()!r}; install a dask-kubernetes version RECC supports"
+            )
+        lines.append(line)
+    manifest = yaml.safe_load("\n".join(lines))
+    manifest["metadata"]["labels"] = _labels()
+    return manifest
+
+
+@cache
+def _operator_crds() -> list[dict[str, Any]]:
+    # ~900 kB of YAML: parsed once per process, with the C loader when PyYAML has it.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return [
+        yaml.load(f.read_text(), Loader=loader)
+        for f in sorted(_chart_file("crds").iterdir(), key=lambda f: f.name)
+        if f.name.endswith(".yaml")
+    ]
+
+
+def operator_manifests(namespace: str) -> list[dict[str, Any]]:
+    """The dask-kubernetes operator as its Helm chart installs it, from the installed package.
+
+    CRDs and RBAC come verbatim from the chart inside ``dask_kubernetes``; the Deployment
+    follows the chart's defaults (security context, kopf arguments, liveness probe) with the
+    image tag of the installed ``dask_kubernetes``, so operator and client library match.
+    """
+    import dask_kubernetes
+
+    crds = copy.deepcopy(_operator_crds())
+    values = yaml.safe_load(_chart_file("values.yaml").read_text())
+    selector = {"app.kubernetes.io/name": OPERATOR_NAME, "app.kubernetes.io/instance": "recc"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {**_meta(OPERATOR_NAME, namespace), "labels": _labels(**selector)},
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},  # two kopf peers would fight over resources
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": _labels(**selector)},
+                "spec": {
+                    "serviceAccountName": OPERATOR_NAME,
+                    "nodeSelector": SYSTEM_POOL,
+                    "containers": [
+                        {
+                            "name": OPERATOR_NAME,
+                            "image": f"{values['image']['name']}:{dask_kubernetes.__version__}",
+                            "imagePullPolicy": values["image"]["pullPolicy"],
+                            "args": ["--liveness=http://0.0.0.0:8080/healthz", *values["kopfArgs"]],
+                            "securityContext": values["securityContext"],
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "256Mi"},
+                                "limits": {"memory": "512Mi"},
+                            },
+                            "livenessProbe": {
+                                "httpGet": {"path": "/healthz", "port": 8080},
+                                "timeoutSeconds": values["livenessProbe"]["timeoutSeconds"],
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    return [
+        *crds,
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(namespace)},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(OPERATOR_NAME, namespace)},
+        _chart_template("clusterrole.yaml", account=OPERATOR_NAME),
+        _chart_template("clusterrolebinding.yaml", account=OPERATOR_NAME, namespace=namespace),
+        deployment,
+    ]
+
+
+def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> dict[str, Any]:
+    return {"apiGroups": groups, "resources": resources, "verbs": verbs}
+
+
+def _cluster_role(name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": _meta(name),
+        "rules": rules,
+    }
+
+
+def _binding(name: str, subjects: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": _meta(name),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": subjects,
+    }
+
+
+def _group(name: str) -> dict[str, Any]:
+    return {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": name}
+
+
+def researcher_manifests(group: str, namespace_prefix: str) -> list[dict[str, Any]]:
+    """What researchers need beyond EKS's namespace-scoped admin policy, and its fence.
+
+    Creating a namespace and DaskCluster resources is cluster-scoped in RBAC, which cannot
+    restrict by name or label; a ValidatingAdmissionPolicy confines those writes to namespaces
+    named ``<prefix>*`` and labelled managed-by=recc, for members of ``group`` only.
+    """
+    dask_resources = ["daskclusters", "daskworkergroups", "daskjobs", "daskautoscalers"]
+    name = "recc-researcher"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": _meta(f"{name}-scope"),
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["namespaces", "resourcequotas"],
+                        "operations": ["CREATE", "UPDATE", "DELETE"],
+                    },
+                    {
+                        "apiGroups": ["kubernetes.dask.org"],
+                        "apiVersions": ["*"],
+                        "resources": dask_resources,
+                        "operations": ["CREATE", "UPDATE", "DELETE"],
+                    },
+                ]
+            },
+            "matchConditions": [
+                {"name": "researchers-only", "expression": f"{group!r} in request.userInfo.groups"}
+            ],
+            "variables": [
+                {
+                    "name": "target",
+                    "expression": "request.operation == 'DELETE' ? oldObject : object",
+                },
+                {
+                    "name": "ns",
+                    "expression": "request.resource.resource == 'namespaces' ? request.name"
+                    " : request.namespace",
+                },
+            ],
+            "validations": [
+                {
+                    "expression": f"variables.ns.startsWith({namespace_prefix!r})",
+                    "messageExpression": f"'RECC researchers may only write in namespaces named"
+                    f" {namespace_prefix}*, not ' + variables.ns",
+                },
+                {
+                    "expression": "request.resource.resource != 'namespaces' || "
+                    "(has(variables.target.metadata.labels) && "
+                    "variables.target.metadata.labels.exists(k, "
+                    "k == 'app.kubernetes.io/managed-by' && "
+                    "variables.target.metadata.labels[k] == 'recc'))",
+                    "message": "RECC researchers may only create or delete namespaces labelled "
+                    "app.kubernetes.io/managed-by=recc",
+                },
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": _meta(f"{name}-scope"),
+        "spec": {"policyName": f"{name}-scope", "validationActions": ["Deny"]},
+    }
+    role = _cluster_role(
+        name,
+        [
+            _rule([""], ["namespaces"], ["get", "list", "watch", "create", "patch", "delete"]),
+            _rule([""], ["resourcequotas"], ["get", "list", "create", "patch", "delete"]),
+            _rule(["kubernetes.dask.org"], dask_resources, ["*"]),
+            # Waiting for a cluster's nodes to be Ready.
+            _rule([""], ["nodes"], ["get", "list", "watch"]),
+        ],
+    )
+    return [role, _binding(name, [_group(group)]), policy, binding]
+
+
+def harvester_manifests(settings: Mapping[str, Any], recc_version: str) -> list[dict[str, Any]]:
+    """The harvester: service account (IRSA), RBAC, its config, and the CronJob.
+
+    ``settings`` are the platform settings (``eks.*`` keys, as ``configure`` writes them); the
+    harvester pod gets them as its dask config, so it acts on the same platform as the CLI.
+    """
+    namespace = settings["eks.system-namespace"]
+    account = settings["eks.harvester-service-account"]
+    role_arn = settings.get("eks.harvester-role-arn")
+    if not role_arn:
+        raise ConfigError(
+            "recc.eks.harvester-role-arn is not set: the harvester needs its IRSA role (for "
+            "example: arn:aws:iam::123456789012:role/research-dask-recc-harvester; run recc "
+            "platform configure --from-terraform)"
+        )
+    image = settings.get("eks.harvester-image") or settings["image"]
+    env = [{"name": "DASK_CONFIG", "value": "/etc/recc"}]
+    if not settings.get("eks.harvester-image"):
+        # The Dask image's entrypoint installs EXTRA_PIP_PACKAGES before running the args.
+        env.append({"name": "EXTRA_PIP_PACKAGES", "value": f"recc=={recc_version}"})
+    platform_yaml = yaml.safe_dump(
+        nest({k: v for k, v in settings.items() if k.startswith("eks.")}), sort_keys=False
+    )
+    cron_job = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": _meta("recc-harvester", namespace),
+        "spec": {
+            "schedule": settings["eks.harvester-schedule"],
+            "timeZone": "Etc/UTC",
+            "concurrencyPolicy": "Forbid",  # a slow pass must not race the next one
+            "startingDeadlineSeconds": 300,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": _labels()},
+                "spec": {
+                    "backoffLimit": 0,  # the next scheduled pass is the retry
+                    "activeDeadlineSeconds": 1800,
+                    "template": {
+                        "metadata": {"labels": _labels(**{"app.kubernetes.io/name": "harvester"})},
+                        "spec": {
+                            "serviceAccountName": account,
+                            "restartPolicy": "Never",
+                            "nodeSelector": SYSTEM_POOL,
+                            "containers": [
+                                {
+                                    "name": "harvester",
+                                    "image": image,
+                                    # args, not command: keep the image's entrypoint.
+                                    "args": [
+                                        "recc",
+                                        "harvest",
+                                        "--backend",
+                                        "eks",
+                                        "--yes",
+                                        "--json",
+                                    ],
+                                    "env": env,
+                                    "resources": {
+                                        "requests": {"cpu": "100m", "memory": "256Mi"},
+                                        "limits": {"memory": "1Gi"},
+                                    },
+                                    "securityContext": {"allowPrivilegeEscalation": False},
+                                    "volumeMounts": [
+                                        {
+                                            "name": "config",
+                                            "mountPath": "/etc/recc",
+                                            "readOnly": True,
+                                        }
+                                    ],
+                                }
+                            ],
+                            "volumes": [{"name": "config", "configMap": {"name": "recc-platform"}}],
+                        },
+                    },
+                },
+            },
+        },
+    }
+    role = _cluster_role(
+        "recc-harvester",
+        [
+            _rule([""], ["namespaces"], ["get", "list", "watch", "delete"]),
+            _rule([""], ["pods", "services"], ["get", "list", "watch"]),
+            # Idle checks talk to each scheduler over TLS with the cluster's client credentials,
+            # from outside the cluster through a port-forward.
+            _rule([""], ["secrets"], ["get"]),
+            _rule([""], ["pods/portforward"], ["create"]),
+            _rule(
+                ["kubernetes.dask.org"],
+                ["daskclusters", "daskworkergroups"],
+                ["get", "list", "watch", "patch", "delete"],
+            ),
+            _rule([""], ["nodes"], ["get", "list", "watch"]),
+        ],
+    )
+    subjects = [
+        {"kind": "ServiceAccount", "name": account, "namespace": namespace},
+        _group(settings["eks.harvester-group"]),
+    ]
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(namespace)},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _meta(account, namespace, **{"eks.amazonaws.com/role-arn": role_arn}),
+        },
+        role,
+        _binding("recc-harvester", subjects),
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _meta("recc-platform", namespace),
+            "data": {PLATFORM_FILE: platform_yaml},
+        },
+        cron_job,
+    ]
+
+
+INSTALL_DEFAULTS = {
+    "eks.operator-namespace": "dask-operator",
+    "eks.system-namespace": "recc-system",
+    "eks.namespace-prefix": "recc-",
+    "eks.harvester-service-account": "recc-harvester",
+    "eks.researcher-group": "recc-researchers",
+    "eks.harvester-group": "recc-harvester",
+    "eks.harvester-schedule": "*/10 * * * *",
+}
+"""What ``install`` assumes for settings Terraform did not provide (the module's defaults)."""
+
+
+def platform_settings(get: Callable[[str], Any] = _current) -> dict[str, Any]:
+    """The current platform settings (every ``SETTINGS`` key, plus ``image``), defaults filled."""
+    settings = {s.key: get(s.key) for s in SETTINGS}
+    for key, default in INSTALL_DEFAULTS.items():
+        settings[key] = settings.get(key) or default
+    settings["image"] = get("image")
+    return settings
+
+
+def platform_manifests(settings: Mapping[str, Any], recc_version: str) -> list[dict[str, Any]]:
+    """Every Kubernetes object of the platform, in the order they must be applied. Pure.
+
+    Example::
+
+        >>> manifests = platform_manifests(platform_settings(), recc_version())
+        >>> sorted({m["kind"] for m in manifests})[:3]
+        ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap']
+    """
+    manifests = [
+        *operator_manifests(settings["eks.operator-namespace"]),
+        *researcher_manifests(settings["eks.researcher-group"], settings["eks.namespace-prefix"]),
+        *harvester_manifests(settings, recc_version),
+    ]
+    order = ["CustomResourceDefinition", "Namespace"]  # what other objects live in or refer to
+    return sorted(manifests, key=lambda m: order.index(m["kind"]) if m["kind"] in order else 2)
+
+
+# (apiVersion, kind) -> (kubernetes.client API class, method suffix, namespaced)
+_KUBE_APIS: dict[tuple[str, str], tuple[str, str, bool]] = {
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): (
+        "ApiextensionsV1Api", "custom_resource_definition", False),
+    ("v1", "Namespace"): ("CoreV1Api", "namespace", False),
+    ("v1", "ServiceAccount"): ("CoreV1Api", "namespaced_service_account", True),
+    ("v1", "ConfigMap"): ("CoreV1Api", "namespaced_config_map", True),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): (
+        "RbacAuthorizationV1Api", "cluster_role", False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): (
+        "RbacAuthorizationV1Api", "cluster_role_binding", False),
+    ("apps/v1", "Deployment"): ("AppsV1Api", "namespaced_deployment", True),
+    ("batch/v1", "CronJob"): ("BatchV1Api", "namespaced_cron_job", True),
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"): (
+        "AdmissionregistrationV1Api", "validating_admission_policy", False),
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"): (
+        "AdmissionregistrationV1Api", "validating_admission_policy_binding", False),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One object ``install`` applied: ``created`` or ``updated``."""
+
+    kind: str
+    name: str
+    namespace: str | None
+    action: str
+
+
+def apply_manifest(api_client: Any, manifest: Mapping[str, Any]) -> Applied:
+    """Create ``manifest``, or replace it when it exists (so install can be re-run)."""
+    import kubernetes.client
+    from kubernetes.client.exceptions import ApiException
+
+    api_name, suffix, namespaced = _KUBE_APIS[(manifest["apiVersion"], manifest["kind"])]
+    api = getattr(kubernetes.client, api_name)(api_client)
+    name = manifest["metadata"]["name"]
+    where = {"namespace": manifest["metadata"]["namespace"]} if namespaced else {}
+    try:
+        getattr(api, f"create_{suffix}")(body=manifest, **where)
+        return Applied(manifest["kind"], name, where.get("namespace"), "created")
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    current = getattr(api, f"read_{suffix}")(name=name, **where)
+    body = {
+        **manifest,
+        "metadata": {**manifest["metadata"], "resourceVersion": current.metadata.resource_version},
+    }
+    getattr(api, f"replace_{suffix}")(name=name, body=body, **where)
+    return Applied(manifest["kind"], name, where.get("namespace"), "updated")
+
+
+def install_platform(api_client: Any, manifests: list[dict[str, Any]]) -> list[Applied]:
+    """Apply ``manifests`` in order; stop at the first failure with what was applied so far.
+
+    Install is idempotent rather than transactional: re-running it after a failure finishes
+    the job, and nothing it applies is ever deleted by RECC.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    applied: list[Applied] = []
+    for manifest in manifests:
+        try:
+            applied.append(apply_manifest(api_client, manifest))
+        except ApiException as e:
+            done = ", ".join(f"{a.kind}/{a.name}" for a in applied) or "nothing"
+            raise BackendError(
+                f"applying {manifest['kind']}/{manifest['metadata']['name']} failed: HTTP "
+                f"{e.status} {e.reason} {e.body or ''}".strip()
+                + f". Applied before it: {done}. Fix the cause and re-run recc platform install."
+            ) from e
+    return applied
+
+
+def recc_version() -> str:
+    """The installed RECC's version (what the harvester image must run)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recc")
+    except PackageNotFoundError:  # running from a source tree without installing
+        return "0.1.0"
+
+
+def install(session: Any | None = None) -> list[Applied]:
+    """``recc platform install``: apply the platform's Kubernetes objects to its EKS cluster.
+
+    Needs platform-admin rights on the cluster. :func:`platform_manifests` shows what it
+    applies without contacting anything (``recc platform install --dry-run``).
+
+    Example::
+
+        >>> for a in install():  # doctest: +SKIP
+        ...     print(a.action, a.kind, a.name)
+        created CustomResourceDefinition daskclusters.kubernetes.dask.org
+    """
+    settings = platform_settings()
+    manifests = platform_manifests(settings, recc_version())
+    name, region = settings["eks.cluster-name"], settings["eks.region"]
+    if not name or not region:
+        raise ConfigError(
+            "recc.eks.cluster-name and recc.eks.region must be set before installing (for "
+            "example: recc platform configure --from-terraform platform.json)"
+        )
+    session = session or aws.session()
+    endpoint, ca_data = settings["eks.endpoint"], settings["eks.ca-data"]
+    if not endpoint:
+        from botocore.exceptions import ClientError
+
+        try:
+            cluster = session.client("eks", region_name=region).describe_cluster(name=name)
+        except ClientError as e:
+            raise BackendError(f"cannot describe EKS cluster {name} in {region}: {e}") from e
+        endpoint = cluster["cluster"]["endpoint"]
+        ca_data = ca_data or cluster["cluster"]["certificateAuthority"]["data"]
+    with kubernetes_api_client(session, name, region, endpoint, ca_data) as api:
+        return install_platform(api, manifests)

@@ -357,3 +357,152 @@ def test_eks_token_is_a_presigned_sts_call_bound_to_the_cluster(aws: None) -> No
     assert "x-k8s-aws-id" in query["X-Amz-SignedHeaders"][0].split(";")
     assert query["X-Amz-Expires"] == ["60"]
     assert urlparse(url).hostname.startswith("sts.")
+
+
+# ---------------------------------------------------------------------------------------------
+# install: the platform's Kubernetes objects
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def configured(config_dir: Path) -> dict:
+    """The sample platform configured; its settings as install reads them."""
+    platform.configure_from_terraform(SAMPLE)
+    recc.config.refresh()
+    return platform.platform_settings()
+
+
+def by_kind(manifests: list[dict], kind: str) -> dict[str, dict]:
+    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+
+
+def test_manifests_pass_the_api_servers_schemas(configured: dict) -> None:
+    from recc.kube.schema import validate
+
+    manifests = platform.platform_manifests(configured, "0.1.0")
+    for manifest in manifests:
+        validate(manifest)  # strict: an unknown field or a bad name fails
+    kinds = [m["kind"] for m in manifests]
+    # CRDs before anything, namespaces before what lives in them.
+    assert kinds[:4] == ["CustomResourceDefinition"] * 4
+    assert kinds[4:6] == ["Namespace", "Namespace"]
+    assert "Namespace" not in kinds[6:]
+
+
+def test_operator_is_the_chart_of_the_installed_dask_kubernetes(configured: dict) -> None:
+    import dask_kubernetes
+
+    manifests = platform.platform_manifests(configured, "0.1.0")
+    crds = by_kind(manifests, "CustomResourceDefinition")
+    assert set(crds) == {
+        f"{plural}.kubernetes.dask.org"
+        for plural in ("daskclusters", "daskworkergroups", "daskjobs", "daskautoscalers")
+    }
+    deployment = by_kind(manifests, "Deployment")["dask-kubernetes-operator"]
+    assert deployment["metadata"]["namespace"] == "dask-operator"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == (
+        f"ghcr.io/dask/dask-kubernetes-operator:{dask_kubernetes.__version__}"
+    )
+    assert "--all-namespaces" in container["args"]
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert deployment["spec"]["template"]["spec"]["nodeSelector"] == {"recc.io/pool": "system"}
+
+    role = by_kind(manifests, "ClusterRole")["dask-kubernetes-operator-role-cluster"]
+    dask_rule = next(r for r in role["rules"] if r["apiGroups"] == ["kubernetes.dask.org"])
+    assert "daskclusters" in dask_rule["resources"] and "create" in dask_rule["verbs"]
+    binding = by_kind(manifests, "ClusterRoleBinding")[
+        "dask-kubernetes-operator-rolebinding-cluster"
+    ]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "dask-kubernetes-operator", "namespace": "dask-operator"}
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_harvester_runs_on_schedule_as_its_irsa_role_with_the_platform_config(
+    configured: dict,
+) -> None:
+    manifests = platform.platform_manifests(
+        {**configured, "eks.harvester-schedule": "*/5 * * * *"}, "0.1.0"
+    )
+    account = by_kind(manifests, "ServiceAccount")["recc-harvester"]
+    assert account["metadata"]["namespace"] == "recc-system"
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == (
+        "arn:aws:iam::123456789012:role/research-dask-recc-harvester"
+    )
+    cron = by_kind(manifests, "CronJob")["recc-harvester"]
+    assert cron["spec"]["schedule"] == "*/5 * * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "recc-harvester"
+    container = pod["containers"][0]
+    assert container["args"][:2] == ["recc", "harvest"] and "--yes" in container["args"]
+    # No harvester image configured: RECC's Dask image, with RECC installed at start.
+    assert container["image"] == recc.config.get("image")
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {"DASK_CONFIG": "/etc/recc", "EXTRA_PIP_PACKAGES": "recc==0.1.0"}
+
+    # The pod reads the same platform settings as the CLI that installed it.
+    config_map = by_kind(manifests, "ConfigMap")["recc-platform"]
+    mounted = yaml.safe_load(config_map["data"]["recc-platform.yaml"])["recc"]["eks"]
+    assert mounted["cluster-name"] == "research-dask"
+    assert mounted["subnets"] == configured["eks.subnets"]
+
+    binding = by_kind(manifests, "ClusterRoleBinding")["recc-harvester"]
+    assert {(s["kind"], s["name"]) for s in binding["subjects"]} == {
+        ("ServiceAccount", "recc-harvester"),
+        ("Group", "recc-harvester"),
+    }
+
+
+def test_a_configured_harvester_image_is_used_as_is(configured: dict) -> None:
+    settings = {**configured, "eks.harvester-image": "registry.example.org/recc:0.1.0"}
+    cron = by_kind(platform.platform_manifests(settings, "0.1.0"), "CronJob")["recc-harvester"]
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example.org/recc:0.1.0"
+    assert [e["name"] for e in container["env"]] == ["DASK_CONFIG"]
+
+
+def test_researchers_are_fenced_into_recc_namespaces(configured: dict) -> None:
+    manifests = platform.platform_manifests(configured, "0.1.0")
+    binding = by_kind(manifests, "ClusterRoleBinding")["recc-researcher"]
+    assert binding["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "recc-researchers"}
+    ]
+    policy = by_kind(manifests, "ValidatingAdmissionPolicy")["recc-researcher-scope"]
+    assert policy["spec"]["matchConditions"][0]["expression"] == (
+        "'recc-researchers' in request.userInfo.groups"
+    )
+    assert "startsWith('recc-')" in policy["spec"]["validations"][0]["expression"]
+    assert by_kind(manifests, "ValidatingAdmissionPolicyBinding")["recc-researcher-scope"][
+        "spec"
+    ] == {"policyName": "recc-researcher-scope", "validationActions": ["Deny"]}
+
+
+def test_no_platform_object_claims_to_be_managed_by_recc(configured: dict) -> None:
+    """The harvester deletes what is labelled managed-by=recc; the platform never is."""
+    for manifest in platform.platform_manifests(configured, "0.1.0"):
+        labels = manifest["metadata"].get("labels") or {}
+        assert labels.get("app.kubernetes.io/managed-by") != "recc", manifest["metadata"]["name"]
+
+
+def test_install_needs_the_harvester_role(config_dir: Path, tmp_path: Path) -> None:
+    platform.configure_from_terraform(
+        write_outputs(tmp_path / "o.json", sample_outputs(harvester_role_arn=None))
+    )
+    recc.config.refresh()
+    with pytest.raises(ConfigError, match=r"recc\.eks\.harvester-role-arn is not set.*example"):
+        platform.platform_manifests(platform.platform_settings(), "0.1.0")
+    result = CliRunner().invoke(platform_cli.app, ["install", "--dry-run"])
+    assert result.exit_code == 1
+    assert "harvester-role-arn" in result.output
+
+
+def test_cli_install_dry_run_prints_every_manifest(configured: dict) -> None:
+    result = CliRunner().invoke(platform_cli.app, ["install", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    documents = list(
+        yaml.load_all(result.output, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    )
+    assert documents == platform.platform_manifests(configured, platform.recc_version())
