@@ -15,6 +15,8 @@ GiB = 2**30
 MiB = 2**20
 
 _CPU_MILLI = re.compile(r"^\s*(\d+)\s*m\s*$")
+# dask's parsers read a missing number as 1 ("" -> 1 byte, "GiB" -> 1 GiB): demand one.
+_STARTS_WITH_NUMBER = re.compile(r"^[-+]?\.?\d")
 
 
 def parse_memory(value: object) -> int:
@@ -28,6 +30,8 @@ def parse_memory(value: object) -> int:
         try:
             size = float(text) * GiB
         except ValueError:
+            if not _STARTS_WITH_NUMBER.match(text):
+                raise ValueError("not a size") from None
             try:
                 size = float(parse_bytes(text))
             except (ValueError, KeyError) as e:
@@ -61,9 +65,12 @@ def parse_duration(value: object) -> float | None:
         return None
     if isinstance(value, bool):
         raise ValueError("expected a duration, not a boolean")
+    if isinstance(value, str) and not _STARTS_WITH_NUMBER.match(value.strip()):
+        # parse_timedelta reads "h" as 1h and fails on "" with IndexError
+        raise ValueError("not a duration")
     try:
         seconds = float(parse_timedelta(value))  # type: ignore[arg-type]
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError) as e:  # AttributeError: a list
         raise ValueError("not a duration") from e
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError("must be a positive duration")
