@@ -7,6 +7,7 @@
 """
 
 from recc import config as config  # noqa: F401  (loads RECC's defaults into dask config)
+from recc.cluster import RECCClient, RECCCluster
 from recc.errors import (
     BackendError,
     ClusterNotFound,
@@ -27,6 +28,8 @@ __all__ = [
     "ClusterSpec",
     "ConfigError",
     "PlanError",
+    "RECCClient",
+    "RECCCluster",
     "QuotaExceeded",
     "RECCError",
     "SpecError",

@@ -17,12 +17,13 @@ class Estimate:
     """What a cluster of ``spec`` needs (``plan``) and costs on EKS (``cost``)."""
 
     spec: ClusterSpec
-    plan: NodePlan
+    plan: NodePlan | None  # None on the local backend: no instances to plan
     cost: CostEstimate
 
     def to_dict(self) -> dict[str, Any]:
         """``{"spec": ..., "plan": ..., "cost": ...}`` as plain data."""
-        return {"spec": self.spec.to_dict(), "plan": self.plan.to_dict(), "cost": self.cost.to_dict()}
+        plan = self.plan.to_dict() if self.plan else None
+        return {"spec": self.spec.to_dict(), "plan": plan, "cost": self.cost.to_dict()}
 
 
 def estimate(

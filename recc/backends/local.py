@@ -1,0 +1,355 @@
+"""The local backend: a real scheduler and real worker processes on this machine.
+
+Processes are detached (own session, output to log files, no inherited terminal), so a
+cluster made by ``recc up`` outlives the command. Each worker group runs as ``dask worker``
+host processes, one nanny-supervised process per worker. The scheduler listens on ``tls://``
+only and requires this cluster's certificates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from distributed.security import Security
+
+from recc import config, state
+from recc.backends.base import ClusterStatus, Progress
+from recc.errors import BackendError, ClusterNotFound
+from recc.estimate import Estimate
+from recc.spec import ClusterSpec, WorkerGroup, build_spec
+from recc.state import ClusterRecord
+from recc.tls import TLSFiles, create_cluster_tls
+from recc.units import MiB
+
+_STOP_GRACE = 10.0
+
+
+def worker_resources(group: WorkerGroup) -> dict[str, float]:
+    """The group's Dask resources; every worker advertises MEMORY (MiB) unless given."""
+    return {"MEMORY": group.worker_memory // MiB, **group.resources}
+
+
+def _proc_ref(process: subprocess.Popen) -> dict[str, Any]:
+    try:
+        created = psutil.Process(process.pid).create_time()
+    except psutil.NoSuchProcess:
+        created = 0.0
+    return {"pid": process.pid, "create_time": created}
+
+
+def _alive(ref: dict[str, Any]) -> bool:
+    """Whether the process is still ours and running (not reused, not a zombie)."""
+    try:
+        proc = psutil.Process(ref["pid"])
+        if abs(proc.create_time() - ref["create_time"]) > 1:
+            return False
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            _reap(ref["pid"])
+            return False
+        return True
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: init reaps it
+
+
+def _stop(refs: list[dict[str, Any]]) -> None:
+    """SIGTERM each process group, wait, then SIGKILL what is left."""
+    live = [r for r in refs if _alive(r)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for ref in live:
+            try:
+                os.killpg(ref["pid"], sig)  # the group holds the nanny and its worker
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + _STOP_GRACE
+        while live and time.monotonic() < deadline:
+            live = [r for r in live if _alive(r)]
+            time.sleep(0.05)
+        if not live:
+            return
+
+
+class LocalBackend:
+    """Clusters made of processes on this machine; records in the state directory."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.start_timeout = float(config.get("local.start-timeout"))
+
+    # -- create -------------------------------------------------------------------------
+
+    def create(
+        self, record: ClusterRecord, estimate: Estimate, progress: Progress
+    ) -> ClusterRecord:
+        """Start the scheduler, then every worker group; roll back on any failure."""
+        directory = state.cluster_dir(record.name)
+        if state.exists(record.name):
+            raise BackendError(f"a cluster named {record.name!r} exists already (`recc ls`)")
+        try:
+            (directory / "logs").mkdir(parents=True, exist_ok=True)
+            tls = create_cluster_tls(record.name, directory / "tls")
+            record.details = {"scheduler": None, "hosts": [], "batches": 0}
+            state.save(record)  # recorded before anything runs, so `recc down` finds it
+            self._start_scheduler(record, estimate.spec, tls, progress)
+            for group in estimate.spec.groups():
+                self._start_workers(record, estimate.spec, group, group.n_workers, tls)
+            state.save(record)
+            self._wait_for_workers(record, estimate.spec.total_workers, progress)
+            return record
+        except BaseException:
+            self.delete(record.name)
+            raise
+
+    def _command_env(self, spec: ClusterSpec) -> dict[str, str]:
+        env = {**os.environ, **spec.env}
+        source_root = config.get("local.source-root")
+        if spec.source_git_branch and source_root:
+            branch_dir = Path(source_root).expanduser() / spec.source_git_branch
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(branch_dir), env.get("PYTHONPATH")])
+            )
+        return env
+
+    def _spawn(
+        self, record: ClusterRecord, args: list[str], log_name: str, env: dict[str, str]
+    ) -> dict[str, Any]:
+        log_path = state.cluster_dir(record.name) / "logs" / log_name
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # detached: survives the caller, own process group
+                close_fds=True,
+                env=env,
+                cwd=state.cluster_dir(record.name),
+            )
+        return {**_proc_ref(process), "log": log_name}
+
+    @staticmethod
+    def _tls_args(tls: TLSFiles) -> list[str]:
+        return [
+            "--tls-ca-file",
+            str(tls.ca_file),
+            "--tls-cert",
+            str(tls.cert_file),
+            "--tls-key",
+            str(tls.key_file),
+        ]
+
+    def _start_scheduler(
+        self, record: ClusterRecord, spec: ClusterSpec, tls: TLSFiles, progress: Progress
+    ) -> None:
+        scheduler_file = state.cluster_dir(record.name) / "scheduler.json"
+        args = [
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--protocol",
+            "tls",
+            "--scheduler-file",
+            str(scheduler_file),
+            "--dashboard-address",
+            "127.0.0.1:0",
+            *self._tls_args(tls),
+        ]
+        if spec.idle_timeout:
+            args += ["--idle-timeout", f"{spec.idle_timeout:g}s"]
+        ref = self._spawn(record, args, "scheduler.log", self._command_env(spec))
+        record.details["scheduler"] = ref
+        state.save(record)
+        progress("scheduler", 0, 1)
+        deadline = time.monotonic() + self.start_timeout
+        while not scheduler_file.is_file():
+            if not _alive(ref):
+                raise BackendError(
+                    f"the scheduler exited at start; see {self._log(record, 'scheduler.log')}"
+                )
+            if time.monotonic() > deadline:
+                raise BackendError(f"the scheduler did not start within {self.start_timeout:g}s")
+            time.sleep(0.05)
+        info = self._read_json(scheduler_file)
+        record.scheduler_address = info["address"]
+        port = info.get("services", {}).get("dashboard")
+        record.dashboard_link = f"http://127.0.0.1:{port}/status" if port else None
+        progress("scheduler", 1, 1)
+
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any]:
+        for _ in range(100):  # the scheduler may still be writing the file
+            try:
+                return json.loads(path.read_text())
+            except ValueError:
+                time.sleep(0.05)
+        raise BackendError(f"unreadable scheduler file {path}")
+
+    def _start_workers(
+        self,
+        record: ClusterRecord,
+        spec: ClusterSpec,
+        group: WorkerGroup,
+        count: int,
+        tls: TLSFiles,
+    ) -> None:
+        batch = record.details["batches"]
+        record.details["batches"] = batch + 1
+        resources = " ".join(f"{k}={v:g}" for k, v in worker_resources(group).items())
+        prefix = f"{record.name}-{group.name}-{batch}"
+        args = [
+            "distributed.cli.dask_worker",
+            record.scheduler_address,
+            "--nworkers",
+            str(count),
+            "--nthreads",
+            str(max(1, int(group.worker_cpu))),
+            "--memory-limit",
+            str(group.worker_memory),
+            "--resources",
+            resources,
+            "--name",
+            prefix if count > 1 else f"{prefix}-0",
+            "--nanny",
+            "--host",
+            "127.0.0.1",
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--death-timeout",
+            "60",
+            "--local-directory",
+            str(state.cluster_dir(record.name) / "work"),
+            *self._tls_args(tls),
+        ]
+        ref = self._spawn(
+            record, args, f"workers-{group.name}-{batch}.log", self._command_env(spec)
+        )
+        record.details["hosts"].append(
+            {**ref, "group": group.name, "count": count, "prefix": prefix}
+        )
+
+    def _wait_for_workers(self, record: ClusterRecord, n: int, progress: Progress) -> None:
+        from distributed import Client
+
+        deadline = time.monotonic() + self.start_timeout
+        with Client(record.scheduler_address, security=self.security(record), timeout=30) as client:
+            while True:
+                joined = len(client.scheduler_info(n_workers=-1)["workers"])
+                progress("workers", min(joined, n), n)
+                if joined >= n:
+                    return
+                dead = [h for h in record.details["hosts"] if not _alive(h)]
+                if dead:
+                    raise BackendError(
+                        f"worker processes exited at start; see {self._log(record, dead[0]['log'])}"
+                    )
+                if time.monotonic() > deadline:
+                    raise BackendError(
+                        f"only {joined} of {n} workers joined within {self.start_timeout:g}s"
+                    )
+                time.sleep(0.1)
+
+    def _log(self, record: ClusterRecord, log_name: str) -> Path:
+        return state.cluster_dir(record.name) / "logs" / log_name
+
+    # -- scale --------------------------------------------------------------------------
+
+    def scale(self, record: ClusterRecord, n_workers: int) -> ClusterRecord:
+        """Start more workers, or retire the newest ones gracefully (their data moves)."""
+        from distributed import Client
+
+        spec = build_spec(record.spec)
+        group = spec.groups()[0]
+        with (
+            state.locked(),
+            Client(record.scheduler_address, security=self.security(record), timeout=30) as client,
+        ):
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            mine = sorted(
+                (
+                    w["name"]
+                    for w in workers.values()
+                    if str(w["name"]).startswith(f"{record.name}-default-")
+                ),
+                key=lambda n: [int(p) if p.isdigit() else p for p in str(n).split("-")],
+            )
+            if n_workers > len(mine):
+                tls = TLSFiles.in_dir(state.cluster_dir(record.name) / "tls")
+                self._start_workers(record, spec, group, n_workers - len(mine), tls)
+            elif n_workers < len(mine):
+                client.retire_workers(names=mine[n_workers:], close_workers=True)
+            record.spec = spec.replace(n_workers=max(n_workers, 1)).to_dict()
+            record.details["hosts"] = [h for h in record.details["hosts"] if _alive(h)]
+            state.save(record)
+        if n_workers > len(mine):
+            self._wait_for_workers(
+                record, n_workers + sum(g.n_workers for g in spec.worker_groups), lambda *a: None
+            )
+        return record
+
+    # -- find, inspect, delete ----------------------------------------------------------
+
+    def find(self, name: str) -> ClusterRecord:
+        """The record of ``name`` (raises ClusterNotFound)."""
+        record = state.load(name)
+        if record.backend != self.name:
+            raise ClusterNotFound(f"cluster {name!r} belongs to the {record.backend} backend")
+        return record
+
+    def list(self) -> list[ClusterRecord]:
+        """Every local cluster recorded for this user."""
+        return state.load_all(self.name)
+
+    def status(self, record: ClusterRecord) -> ClusterStatus:
+        """running while the scheduler lives; failed when it died (idle shutdown included)."""
+        scheduler = record.details.get("scheduler")
+        if not scheduler or not _alive(scheduler):
+            return ClusterStatus("failed", 0, "scheduler process is not running")
+        hosts = [h for h in record.details.get("hosts", []) if _alive(h)]
+        return ClusterStatus("running", sum(h["count"] for h in hosts))
+
+    def security(self, record: ClusterRecord) -> Security:
+        """TLS with this cluster's certificates."""
+        return TLSFiles.in_dir(state.cluster_dir(record.name) / "tls").security()
+
+    def logs(self, record: ClusterRecord, worker: str | None = None) -> dict[str, str]:
+        """Log text of the scheduler and of each worker host (``worker``: that host only)."""
+        logs_dir = state.cluster_dir(record.name) / "logs"
+        out = {}
+        for path in sorted(logs_dir.glob("*.log")):
+            text = path.read_text(errors="replace")
+            if worker is not None:
+                if worker not in text:
+                    continue
+                text = "\n".join(line for line in text.splitlines() if worker in line) or text
+            out[path.stem] = text
+        return out
+
+    def delete(self, name: str) -> bool:
+        """Stop every process of ``name`` and forget it; False if nothing was there."""
+        try:
+            record = state.load(name)
+        except ClusterNotFound:
+            return False
+        refs = [*record.details.get("hosts", [])]
+        if record.details.get("scheduler"):
+            refs.append(record.details["scheduler"])
+        _stop(refs)
+        state.remove(name)
+        return True
