@@ -75,7 +75,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cluster_ca_data", "eks.ca-data", str, False, "LS0tLS1CRUdJTi...",
             r"^[A-Za-z0-9+/=\s]+$"),
     Setting("operator_namespace", "eks.operator-namespace", str, False, "dask-operator"),
-    Setting("system_namespace", "eks.system-namespace", str, False, "recc-system"),
+    Setting("system_namespace", "eks.system-namespace", str, False, "recc"),
     Setting("namespace_prefix", "eks.namespace-prefix", str, False, "recc-"),
     Setting("worker_service_account", "eks.worker-service-account", str, False, "recc-worker"),
     Setting("harvester_service_account", "eks.harvester-service-account", str, False,
@@ -892,7 +892,7 @@ def harvester_manifests(settings: Mapping[str, Any], recc_version: str) -> list[
 
 INSTALL_DEFAULTS = {
     "eks.operator-namespace": "dask-operator",
-    "eks.system-namespace": "recc-system",
+    "eks.system-namespace": "recc",
     "eks.namespace-prefix": "recc-",
     "eks.harvester-service-account": "recc-harvester",
     "eks.researcher-group": "recc-researchers",
@@ -920,6 +920,14 @@ def platform_manifests(settings: Mapping[str, Any], recc_version: str) -> list[d
         >>> sorted({m["kind"] for m in manifests})[:3]
         ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap']
     """
+    prefix = settings["eks.namespace-prefix"]
+    for key in ("eks.system-namespace", "eks.operator-namespace"):
+        if settings[key].startswith(prefix):
+            raise ConfigError(
+                f"recc.{key}={settings[key]!r} starts with recc.eks.namespace-prefix={prefix!r}: "
+                "researchers are admins in those namespaces and could act as the platform "
+                "(for example: recc, dask-operator)"
+            )
     manifests = [
         *operator_manifests(settings["eks.operator-namespace"]),
         *researcher_manifests(settings["eks.researcher-group"], settings["eks.namespace-prefix"]),

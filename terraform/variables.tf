@@ -185,8 +185,13 @@ variable "operator_namespace" {
 
 variable "system_namespace" {
   type        = string
-  description = "Namespace of the harvester CronJob (installed by `recc platform install`)."
-  default     = "recc-system"
+  description = "Namespace of the harvester CronJob (installed by `recc platform install`). Must not start with namespace_prefix: researchers are admins there."
+  default     = "recc"
+
+  validation {
+    condition     = !startswith(var.system_namespace, var.namespace_prefix) && !startswith(var.operator_namespace, var.namespace_prefix)
+    error_message = "system_namespace and operator_namespace must not start with namespace_prefix, where researchers have admin access (for example: \"recc\" and \"dask-operator\" with prefix \"recc-\")."
+  }
 }
 
 variable "worker_service_account" {

@@ -427,7 +427,7 @@ def test_harvester_runs_on_schedule_as_its_irsa_role_with_the_platform_config(
         {**configured, "eks.harvester-schedule": "*/5 * * * *"}, "0.1.0"
     )
     account = by_kind(manifests, "ServiceAccount")["recc-harvester"]
-    assert account["metadata"]["namespace"] == "recc-system"
+    assert account["metadata"]["namespace"] == "recc"
     assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == (
         "arn:aws:iam::123456789012:role/research-dask-recc-harvester"
     )
@@ -506,3 +506,74 @@ def test_cli_install_dry_run_prints_every_manifest(configured: dict) -> None:
         yaml.load_all(result.output, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     )
     assert documents == platform.platform_manifests(configured, platform.recc_version())
+
+
+def test_platform_namespaces_must_be_outside_the_researchers_prefix(configured: dict) -> None:
+    with pytest.raises(ConfigError, match=r"recc\.eks\.system-namespace='recc-system'.*recc-"):
+        platform.platform_manifests({**configured, "eks.system-namespace": "recc-system"}, "0.1")
+
+
+class AdmissionPolicy:
+    """Evaluates a ValidatingAdmissionPolicy's CEL the way the API server does, for one request:
+    match conditions, then variables in order, then every validation."""
+
+    def __init__(self, policy: dict) -> None:
+        celpy = pytest.importorskip("celpy", reason="cel-python evaluates the policy's CEL")
+        self.env = celpy.Environment()
+        self.json_to_cel = celpy.json_to_cel
+        self.as_map = lambda d: celpy.celtypes.MapType(
+            {celpy.celtypes.StringType(k): v for k, v in d.items()}
+        )
+        self.spec = policy["spec"]
+
+    def _eval(self, expression: str, context: dict) -> object:
+        return self.env.program(self.env.compile(expression)).evaluate(context)
+
+    def admits(self, groups: list[str], operation: str, resource: str, name: str,
+               namespace: str = "", labels: dict | None = None) -> bool:  # fmt: skip
+        obj = {"metadata": {"name": name, "labels": labels or {}}}
+        request = {
+            "operation": operation,
+            "resource": {"resource": resource},
+            "name": name,
+            "namespace": namespace,
+            "userInfo": {"groups": groups},
+        }
+        context = {
+            "request": request,
+            "object": None if operation == "DELETE" else obj,
+            "oldObject": obj if operation != "CREATE" else None,
+        }
+        cel = {k: self.json_to_cel(v) for k, v in context.items()}
+        if not all(self._eval(c["expression"], cel) for c in self.spec["matchConditions"]):
+            return True  # the policy does not apply to this request
+        variables: dict = {}
+        for v in self.spec["variables"]:
+            variables[v["name"]] = self._eval(
+                v["expression"], {**cel, "variables": self.as_map(variables)}
+            )
+        cel["variables"] = self.as_map(variables)
+        return all(self._eval(v["expression"], cel) for v in self.spec["validations"])
+
+
+def test_admission_policy_confines_researchers_to_recc_namespaces(configured: dict) -> None:
+    manifests = platform.platform_manifests(configured, "0.1.0")
+    policy = AdmissionPolicy(
+        by_kind(manifests, "ValidatingAdmissionPolicy")["recc-researcher-scope"]
+    )
+    researcher = ["recc-researchers", "system:authenticated"]
+    recc_label = {"app.kubernetes.io/managed-by": "recc"}
+
+    assert policy.admits(researcher, "CREATE", "namespaces", "recc-alice-1", labels=recc_label)
+    assert policy.admits(researcher, "DELETE", "namespaces", "recc-alice-1", labels=recc_label)
+    assert not policy.admits(researcher, "CREATE", "namespaces", "team-alice", labels=recc_label)
+    assert not policy.admits(researcher, "CREATE", "namespaces", "recc-alice-2")
+    # The platform's own namespaces carry managed-by=recc-platform: not a researcher's to delete.
+    assert not policy.admits(
+        researcher, "DELETE", "namespaces", "recc-x", labels={"app.kubernetes.io/managed-by": "x"}
+    )
+    assert policy.admits(researcher, "CREATE", "daskclusters", "c1", namespace="recc-alice-1")
+    assert not policy.admits(researcher, "CREATE", "daskclusters", "c1", namespace="default")
+    assert not policy.admits(researcher, "UPDATE", "resourcequotas", "q", namespace="kube-system")
+    # Everyone else (platform admins, the operator) is not this policy's business.
+    assert policy.admits(["system:masters"], "CREATE", "namespaces", "anything")

@@ -81,7 +81,7 @@ run "irsa_trust_is_pinned_to_issuer_audience_and_service_account" {
 
   # Harvester: exactly one service account, no wildcard, no other principal by default.
   assert {
-    condition     = jsondecode(aws_iam_role.irsa["harvester"].assume_role_policy).Statement[0].Condition.StringLike["oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE0123456789:sub"] == "system:serviceaccount:recc-system:recc-harvester"
+    condition     = jsondecode(aws_iam_role.irsa["harvester"].assume_role_policy).Statement[0].Condition.StringLike["oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE0123456789:sub"] == "system:serviceaccount:recc:recc-harvester"
     error_message = "the harvester trust must name its one service account"
   }
 

@@ -156,3 +156,14 @@ run "public_endpoint_needs_a_narrow_allow_list" {
 
   expect_failures = [var.public_access_cidrs]
 }
+
+# Researchers are admins in namespace_prefix*: the harvester's namespace must not be one.
+run "system_namespace_outside_researcher_namespaces" {
+  command = plan
+
+  variables {
+    system_namespace = "recc-system"
+  }
+
+  expect_failures = [var.system_namespace]
+}
