@@ -51,7 +51,7 @@ EXAMPLES: dict[str, str] = {
     "max_lifetime": "max_lifetime='12h' (or 'never')",
     "spot": "spot=True",
     "worker_groups": "worker_groups=[{'name': 'gpu', 'instance_type': 'p3.8xlarge', "
-    "'n_workers': 4, 'resources': {'GPU': 1}}]",
+    "'n_workers': 4, 'worker_memory': '56GiB', 'worker_cpu': 7, 'resources': {'GPU': 1}}]",
 }
 
 # Keyword aliases from the production system's API (numbers in GiB).
@@ -263,7 +263,8 @@ def build_spec(values: Mapping[str, Any]) -> ClusterSpec:
 def _unknown_field(key: str, value: Any) -> SpecError:
     close = difflib.get_close_matches(key, [*FIELDS, *ALIASES], n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(FIELDS)}"
-    example = EXAMPLES.get(close[0], "n_workers=20") if close else "n_workers=20"
+    field = ALIASES.get(close[0], close[0]) if close else "n_workers"
+    example = EXAMPLES.get(field, "n_workers=20")
     return SpecError(key, value, f"unknown field; {hint}", example)
 
 
