@@ -199,8 +199,16 @@ def test_to_dict_round_trips_and_replace_revalidates() -> None:
         env={"A": "1"},
         tags={"team": "quant"},
         job="risk",
-        worker_groups=[{**GROUP, "name": "cpu", "instance_type": "c5.xlarge",
-                        "worker_memory": "1536MiB", "worker_cpu": 1, "resources": {}}],
+        worker_groups=[
+            {
+                **GROUP,
+                "name": "cpu",
+                "instance_type": "c5.xlarge",
+                "worker_memory": "1536MiB",
+                "worker_cpu": 1,
+                "resources": {},
+            }
+        ],
     )
     data = spec.to_dict()
     assert data["worker_memory"] == "56GiB" and data["idle_timeout"] == "1h"
@@ -301,8 +309,12 @@ def test_invalid_values_raise_spec_error(kwargs: dict[str, Any], field: str, val
 
 @pytest.mark.parametrize(
     "key, suggestion",
-    [("n_worker", "n_workers"), ("workers_memory", "worker_memory"),
-     ("worker_memory_gib", "worker_memory_GiB"), ("instance", "instance_type")],
+    [
+        ("n_worker", "n_workers"),
+        ("workers_memory", "worker_memory"),
+        ("worker_memory_gib", "worker_memory_GiB"),
+        ("instance", "instance_type"),
+    ],
 )
 def test_unknown_field_suggests_the_close_one(key: str, suggestion: str) -> None:
     with pytest.raises(SpecError) as info:
@@ -333,7 +345,7 @@ GROUP_ERRORS: list[tuple[list[Any], str, Any]] = [
 
 
 @pytest.mark.parametrize("groups, field, value", GROUP_ERRORS, ids=lambda x: repr(x)[:40])
-def test_worker_group_errors_name_the_group_field(groups: list[Any], field: str, value: Any) -> None:
+def test_worker_group_errors_name_the_field(groups: list[Any], field: str, value: Any) -> None:
     with pytest.raises(SpecError) as info:
         resolve_spec(worker_groups=groups)
     assert_spec_error(info.value, field, value)

@@ -49,8 +49,15 @@ def test_parse_memory_rejects_what_is_not_a_positive_size(bad: object) -> None:
 
 @pytest.mark.parametrize(
     "given, cores",
-    [(1, 1.0), (0.5, 0.5), ("2", 2.0), ("1.5", 1.5), ("500m", 0.5), (" 250m ", 0.25),
-     ("1000m", 1.0)],
+    [
+        (1, 1.0),
+        (0.5, 0.5),
+        ("2", 2.0),
+        ("1.5", 1.5),
+        ("500m", 0.5),
+        (" 250m ", 0.25),
+        ("1000m", 1.0),
+    ],
 )
 def test_parse_cpu_accepts_cores_and_millicores(given: object, cores: float) -> None:
     assert parse_cpu(given) == cores
@@ -66,8 +73,17 @@ def test_parse_cpu_rejects_what_is_not_a_positive_number_of_cores(bad: object) -
 
 @pytest.mark.parametrize(
     "given, seconds",
-    [("1h", 3600.0), ("30m", 1800.0), ("7d", 604800.0), ("90s", 90.0), ("1.5h", 5400.0),
-     (45, 45.0), (2.5, 2.5), (dt.timedelta(hours=2), 7200.0), (" 30m", 1800.0)],
+    [
+        ("1h", 3600.0),
+        ("30m", 1800.0),
+        ("7d", 604800.0),
+        ("90s", 90.0),
+        ("1.5h", 5400.0),
+        (45, 45.0),
+        (2.5, 2.5),
+        (dt.timedelta(hours=2), 7200.0),
+        (" 30m", 1800.0),
+    ],
 )
 def test_parse_duration_accepts_units_and_seconds(given: object, seconds: float) -> None:
     assert parse_duration(given) == seconds
@@ -88,8 +104,13 @@ def test_parse_duration_rejects_what_is_not_a_positive_duration(bad: object) -> 
 
 @pytest.mark.parametrize(
     "size, text",
-    [(1536 * MiB, "1.5GiB"), (2 * GiB, "2GiB"), (1000 * MiB, "1000MiB"), (123456, "123456B"),
-     (int(1.001 * GiB), f"{int(1.001 * GiB)}B")],
+    [
+        (1536 * MiB, "1.5GiB"),
+        (2 * GiB, "2GiB"),
+        (1000 * MiB, "1000MiB"),
+        (123456, "123456B"),
+        (int(1.001 * GiB), f"{int(1.001 * GiB)}B"),
+    ],
 )
 def test_format_memory_is_exact_and_parses_back(size: int, text: str) -> None:
     assert format_memory(size) == text
@@ -98,8 +119,14 @@ def test_format_memory_is_exact_and_parses_back(size: int, text: str) -> None:
 
 @pytest.mark.parametrize(
     "seconds, text",
-    [(None, "never"), (3600.0, "1h"), (5400.0, "90m"), (86400.0, "1d"), (45.0, "45s"),
-     (90.5, "90.5s")],
+    [
+        (None, "never"),
+        (3600.0, "1h"),
+        (5400.0, "90m"),
+        (86400.0, "1d"),
+        (45.0, "45s"),
+        (90.5, "90.5s"),
+    ],
 )
 def test_format_duration_is_exact_and_parses_back(seconds: float | None, text: str) -> None:
     assert format_duration(seconds) == text
