@@ -180,14 +180,20 @@ class NodePlan:
 
 
 def _suggest(catalog: Catalog, pod: Capacity, overhead: NodeOverhead, arch: str) -> str:
-    """Up to three instance types of the same architecture where ``pod`` fits, cheapest first."""
+    """Where ``pod`` fits: up to three types of the same architecture, cheapest first, and an
+    example; or, when nothing fits, that the request itself must shrink."""
 
     def price(t: InstanceType) -> float:
         return t.on_demand_usd_per_hour if t.on_demand_usd_per_hour is not None else math.inf
 
     fitting = [t for t in catalog if t.arch == arch and allocatable(t, overhead).fits(pod)]
-    best = sorted(fitting, key=lambda t: (price(t), t.vcpus, t.memory_mib))[:3]
-    return ", ".join(t.name for t in best) or "none in the catalogue"
+    best = [t.name for t in sorted(fitting, key=lambda t: (price(t), t.vcpus, t.memory_mib))[:3]]
+    if not best:
+        return (
+            "it fits on no instance type in the catalogue "
+            "(for example: ask for less memory, CPU or GPU)"
+        )
+    return f"it fits on: {', '.join(best)} (for example: instance_type={best[0]!r})"
 
 
 def _plan_group(
@@ -210,8 +216,7 @@ def _plan_group(
             f"{field}={value!r} on {group.name!r} workers: a worker needing "
             f"{worker.cpu_m}m CPU, {worker.memory_mib} MiB and "
             f"{worker.gpus} GPU does not fit on {instance.name} (allocatable {node.cpu_m}m CPU, "
-            f"{node.memory_mib} MiB, {node.gpus} GPU); it fits on: "
-            f"{where} (for example: instance_type={where.split(',')[0]!r})"
+            f"{node.memory_mib} MiB, {node.gpus} GPU); {where}"
         )
     instances = math.ceil(group.n_workers / per_node)
     hosts_scheduler = scheduler is not None
@@ -222,7 +227,7 @@ def _plan_group(
             if not node.fits(scheduler):
                 raise PlanError(
                     f"scheduler_memory/scheduler_cpu: the scheduler ({scheduler.cpu_m}m CPU, "
-                    f"{scheduler.memory_mib} MiB) does not fit on {instance.name}; it fits on: "
+                    f"{scheduler.memory_mib} MiB) does not fit on {instance.name}; "
                     f"{_suggest(catalog, scheduler, overhead, instance.arch)}"
                 )
             instances += 1
