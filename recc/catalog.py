@@ -86,8 +86,10 @@ def bundled_catalog() -> Catalog:
 
 
 def _from_description(item: dict[str, Any]) -> InstanceType:
-    gpus = item.get("GpuInfo", {}).get("Gpus", [])
+    gpus = (item.get("GpuInfo") or {}).get("Gpus", [])
     network = item["NetworkInfo"]
+    # Older types list ["i386", "x86_64"]; planning compares 64-bit architectures.
+    archs = item["ProcessorInfo"]["SupportedArchitectures"]
     return InstanceType(
         name=item["InstanceType"],
         vcpus=item["VCpuInfo"]["DefaultVCpus"],
@@ -96,7 +98,7 @@ def _from_description(item: dict[str, Any]) -> InstanceType:
         gpu_model=gpus[0].get("Name", "") if gpus else "",
         max_enis=network["MaximumNetworkInterfaces"],
         ipv4_per_eni=network["Ipv4AddressesPerInterface"],
-        arch=item["ProcessorInfo"]["SupportedArchitectures"][0],
+        arch=next((a for a in archs if a != "i386"), archs[0]),
     )
 
 
