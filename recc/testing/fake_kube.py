@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import kubernetes.client
 
@@ -195,8 +195,9 @@ class FakeKubeServer:
         """Serve on a free loopback port in a daemon thread."""
         self._http = _HTTPServer(("127.0.0.1", 0), _Handler)
         self._http.fake = self
+        # A short poll interval makes stop() quick; the loop is idle otherwise.
         self._thread = threading.Thread(
-            target=self._http.serve_forever, name="fake-kube-api", daemon=True
+            target=self._http.serve_forever, args=(0.05,), name="fake-kube-api", daemon=True
         )
         self._thread.start()
         return self
@@ -486,7 +487,7 @@ class FakeKubeServer:
             if rtype.kind == "Namespace":
                 # Real namespaces pass through Terminating; the fake removes everything at once.
                 gone = [
-                    (k[0], v) for k, v in self._store.items() if k[0].namespaced and k[1] == name
+                    (k[0], v) for k, v in sorted(self._store.items(), key=_by_name) if k[1] == name
                 ]
                 for t, child in gone:
                     del self._store[(t, name, child["metadata"]["name"])]
@@ -505,7 +506,7 @@ class FakeKubeServer:
         with self._lock:
             found = [
                 copy.deepcopy(obj)
-                for (t, ns, _), obj in sorted(self._store.items(), key=lambda kv: kv[0][1:])
+                for (t, ns, _), obj in sorted(self._store.items(), key=_by_name)
                 if t == rtype and namespace in (None, ns)
             ]
         return [
@@ -529,7 +530,7 @@ class FakeKubeServer:
         """Answer one HTTP request: (status code, JSON body)."""
         url = urlsplit(target)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        parts = [p for p in url.path.split("/") if p]
+        parts = [unquote(p) for p in url.path.split("/") if p]
         try:
             discovery = self._discovery(parts)
             if discovery is not None:
@@ -694,6 +695,10 @@ _VERB_OF = {
 }
 
 
+def _by_name(item: tuple[tuple[ResourceType, str, str], Any]) -> tuple[str, str]:
+    return item[0][1:]
+
+
 def _content(obj: dict[str, Any]) -> dict[str, Any]:
     """What counts for ``generation``: everything but metadata and status."""
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
@@ -851,6 +856,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the client's connection pool expects
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: _HTTPServer
 
     def _answer(self) -> None:
