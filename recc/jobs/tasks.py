@@ -1,0 +1,121 @@
+"""What runs on the workers: scan file metadata, and sum a list of files into one output.
+
+Both are plain functions of plain arguments (a :class:`~recc.datastore.DataStore` and URLs),
+so they run the same in a test, in a local cluster and on EKS.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from recc.datastore import DataStore
+from recc.jobs.accumulate import (
+    COLUMNS,
+    KEYS,
+    Accumulator,
+    InputError,
+    Tally,
+    open_source,
+)
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What a file's Parquet footer says, enough to size the memory of a task that reads it."""
+
+    url: str
+    rows: int
+    size: int
+    key_bytes: int  # encoded key columns: what the fast path keeps a copy of
+    schema: pa.Schema
+
+
+def scan(store: DataStore, urls: list[str]) -> list[FileFacts | str]:
+    """Facts for each of ``urls`` from its footer, or the error message naming the file."""
+    out: list[FileFacts | str] = []
+    for url in urls:
+        try:
+            fs, path = store.locate(url)
+            with fs.open(path, "rb") as f:
+                size = f.size if hasattr(f, "size") and f.size is not None else fs.size(path)
+                md = pq.read_metadata(f)
+            schema = md.schema.to_arrow_schema()
+            missing = [c for c in COLUMNS if c not in schema.names]
+            if missing:
+                raise InputError(f"{url}: missing column(s) {', '.join(missing)}; each file "
+                                 f"needs columns {', '.join(COLUMNS)}")
+            names = [md.schema.column(i).name for i in range(md.num_columns)]
+            key_bytes = sum(
+                md.row_group(r).column(names.index(k)).total_compressed_size
+                for r in range(md.num_row_groups) for k in KEYS
+            )
+            out.append(FileFacts(url, md.num_rows, int(size), key_bytes,
+                                 schema.remove_metadata()))
+        except InputError as e:
+            out.append(str(e))
+        except FileNotFoundError as e:
+            out.append(f"{url}: file not found ({e})")
+        except (OSError, pa.ArrowException) as e:
+            out.append(f"{url}: not a readable Parquet file: {e}")
+    return out
+
+
+@dataclass
+class TaskReport:
+    """What one task did; the driver turns these into progress and the job summary."""
+
+    group: str
+    output: str
+    files: int
+    rows_in: int
+    rows_out: int
+    sum_seconds: float
+    write_seconds: float
+    tally: Tally = field(default_factory=Tally)
+
+
+def sum_files(
+    store: DataStore,
+    group: str,
+    inputs: list[str],
+    output: str,
+    final: bool,
+    max_rows: int | None,
+    schema: pa.Schema | None,
+    files: int,
+) -> TaskReport:
+    """Sum ``inputs`` and write the result to ``output`` all or nothing.
+
+    ``final`` writes the group's Parquet output with repeated keys merged; otherwise an
+    uncompressed Arrow IPC partial sum that a final task reads back without decoding.
+    ``files`` is how many of the job's input files this covers (for progress).
+    """
+    start = time.perf_counter()
+    acc = _sum(store, inputs, max_rows, skip_nan=False)
+    if acc.has_nan():  # rare: redo exactly, counting NaN as zero like pandas does
+        acc = _sum(store, inputs, max_rows, skip_nan=True)
+    table = acc.table(unique=final, schema=schema)
+    summed = time.perf_counter()
+    with store.atomic_write(output) as f:
+        if final:
+            pq.write_table(table, f, use_dictionary=list(KEYS))
+        else:
+            with ipc.new_file(f, table.schema) as writer:
+                writer.write_table(table)
+    return TaskReport(
+        group=group, output=output, files=files, rows_in=acc.tally.rows,
+        rows_out=table.num_rows, sum_seconds=summed - start,
+        write_seconds=time.perf_counter() - summed, tally=acc.tally,
+    )
+
+
+def _sum(store: DataStore, inputs: list[str], max_rows: int | None, skip_nan: bool) -> Accumulator:
+    acc = Accumulator(max_rows=max_rows, skip_nan=skip_nan)
+    for url in inputs:
+        acc.add(open_source(store, url))
+    return acc
