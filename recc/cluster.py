@@ -19,6 +19,7 @@ from distributed.deploy import Cluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from recc.backends.base import Backend, Progress, get_backend, no_progress
+from recc.clusters import delete_cluster, record_created
 from recc.cost import local_cost
 from recc.errors import BackendError
 from recc.estimate import Estimate, estimate
@@ -148,6 +149,7 @@ class RECCCluster(Cluster):
                 self._record = await asyncio.to_thread(
                     self.backend.create, record, self.estimate, self._progress
                 )
+                await asyncio.to_thread(record_created, self._record, self.estimate)
             assert self._record is not None and self._record.scheduler_address
             self.security = self.backend.security(self._record)
             self.scheduler_comm = rpc(
@@ -160,6 +162,14 @@ class RECCCluster(Cluster):
             if created_here and self._record is not None:
                 await asyncio.to_thread(self.backend.delete, self._record.name)
             raise BackendError(f"Cluster failed to start: {e}") from e
+
+    def __await__(self):  # noqa: ANN204 - the awaitable protocol
+        async def start() -> RECCCluster:
+            if self.status == Status.created:
+                await self._start()
+            return self
+
+        return start().__await__()
 
     def scale(self, n: int) -> Any:
         """Run ``n`` workers in the default worker group."""
@@ -177,7 +187,7 @@ class RECCCluster(Cluster):
             return
         await super()._close()
         if self.shutdown_on_close and self._record is not None:
-            await asyncio.to_thread(self.backend.delete, self._record.name)
+            await asyncio.to_thread(delete_cluster, self._record.name, self.backend, "closed")
 
     def __repr__(self) -> str:
         workers = len(self.scheduler_info.get("workers", {}))

@@ -1,0 +1,38 @@
+"""Shared fixtures: every test gets its own RECC state and cache directories, and a test that
+leaves a process of its clusters running fails (after the stray is stopped)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dask.config
+import psutil
+import pytest
+
+
+def _processes_under(directory: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cwd"]):
+        cwd = proc.info.get("cwd") or ""
+        if proc.pid != os.getpid() and cwd.startswith(str(directory)):
+            found.append(proc)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def recc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Isolated state and cache; fails the test if a cluster process outlives it."""
+    state = tmp_path / "recc-state"
+    monkeypatch.setenv("DASK_RECC__STATE_DIR", str(state))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with dask.config.set({"recc.state-dir": str(state)}):
+        yield state
+    strays = _processes_under(state)
+    for proc in strays:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not strays, f"processes left running: {[p.pid for p in strays]}"
