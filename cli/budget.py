@@ -97,8 +97,10 @@ def ls_command(
 def activate_tags_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Activate recc:cluster, recc:user, recc:namespace and recc:job as cost allocation tags,
-    so budgets and Cost Explorer can filter and group by them."""
+    """Activate RECC's tag keys as cost allocation tags (for budgets and Cost Explorer).
+
+    The keys: recc:cluster, recc:user, recc:namespace and recc:job.
+    """
     with errors_to_exit():
         result = budgets.activate_tags()
 

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from recc import config
-from recc.errors import BackendError
+from recc.errors import BackendError, SpecError
 from recc.tags import MANAGED_BY_TAG, MANAGED_BY_VALUE
+from recc.units import parse_duration
 
 if TYPE_CHECKING:  # the ledger builds on this module's window arithmetic
     from recc.ledger import Life
@@ -192,10 +193,6 @@ def actual_spend(
     :class:`~recc.errors.BackendError` when Cost Explorer cannot answer (no credentials, no
     permission, not enabled).
     """
-    if ce_client is None:
-        from recc.aws import client
-
-        ce_client = client("ce", region="us-east-1")  # Cost Explorer's one endpoint
     request: dict[str, Any] = {
         "TimePeriod": {"Start": start.isoformat(), "End": end.isoformat()},
         "Granularity": "MONTHLY",
@@ -206,6 +203,10 @@ def actual_spend(
     by_key: dict[str, float] = {}
     provisional = False
     try:
+        if ce_client is None:
+            from recc.aws import client
+
+            ce_client = client("ce", region="us-east-1")  # Cost Explorer's one endpoint
         while True:
             answer = ce_client.get_cost_and_usage(**request)
             for period in answer.get("ResultsByTime", []):
@@ -222,3 +223,144 @@ def actual_spend(
     except (BotoCoreError, ClientError) as e:
         raise BackendError(f"Cost Explorer is unavailable: {e}") from e
     return Actuals(by_key, start, end, provisional)
+
+
+def parse_when(text: str, now: dt.datetime, field: str = "--since") -> dt.datetime:
+    """A moment from ``2026-11-01``, RFC 3339 (``2026-11-01T09:00:00Z``), ``now``, ``today``
+    or a duration ago (``7d``, ``12h``). Dates are midnight UTC; naive times are UTC.
+
+    >>> now = dt.datetime(2026, 11, 22, 10, tzinfo=dt.timezone.utc)
+    >>> parse_when("7d", now).isoformat()
+    '2026-11-15T10:00:00+00:00'
+    """
+    word = text.strip().lower()
+    if word == "now":
+        return now
+    if word == "today":
+        return _utc(dt.datetime.combine(now.date(), dt.time(0)))
+    try:
+        return _utc(dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00")))
+    except ValueError:
+        pass
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        seconds = None
+    if seconds is None:
+        raise SpecError(field, text, "is not a date, a time or a duration ago", "2026-11-01 or 7d")
+    return now - dt.timedelta(seconds=seconds)
+
+
+def month_start(now: dt.datetime) -> dt.datetime:
+    """Midnight UTC on the first day of ``now``'s month: ``recc cost``'s default window start."""
+    return _utc(now).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+@dataclass
+class SpendReport:
+    """``recc cost``: estimated (and, where available, actual) spend per group in a window."""
+
+    by: str
+    since: dt.datetime
+    until: dt.datetime
+    ledger_url: str
+    rows: list[SpendRow]
+    actual: Actuals | None = None
+    # Why there are no actual figures (not asked for, or Cost Explorer could not answer).
+    actual_note: str | None = None
+
+    @property
+    def estimated_total(self) -> float:
+        """Estimated USD over all groups."""
+        return sum(r.estimated_usd for r in self.rows)
+
+    @property
+    def actual_total(self) -> float | None:
+        """Actual USD over all groups (None without Cost Explorer)."""
+        return None if self.actual is None else sum(self.actual.by_key.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json``."""
+        return {
+            "by": self.by,
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat(),
+            "ledger": self.ledger_url,
+            "estimate": True,
+            "rows": [
+                {
+                    self.by: r.key,
+                    "clusters": r.clusters,
+                    "running": r.running,
+                    "hours": round(r.hours, 4),
+                    "estimated_usd": round(r.estimated_usd, 4),
+                    "actual_usd": None if r.actual_usd is None else round(r.actual_usd, 4),
+                }
+                for r in self.rows
+            ],
+            "estimated_total_usd": round(self.estimated_total, 4),
+            "actual_total_usd": None if self.actual is None else round(self.actual_total or 0, 4),
+            "actual": None
+            if self.actual is None
+            else {
+                "source": "Cost Explorer (UnblendedCost)",
+                "start": self.actual.start.isoformat(),
+                "end_exclusive": self.actual.end.isoformat(),
+                "provisional": self.actual.provisional,
+            },
+            "actual_note": self.actual_note,
+        }
+
+
+def merge_actuals(rows: list[SpendRow], actuals: Actuals) -> list[SpendRow]:
+    """Rows with Cost Explorer's figure beside each estimate; groups only Cost Explorer knows
+    (untagged spend, clusters missing from this ledger) get a row of their own."""
+    merged = {r.key: r for r in rows}
+    for key, amount in actuals.by_key.items():
+        merged.setdefault(key, SpendRow(key)).actual_usd = amount
+    for row in merged.values():
+        if row.actual_usd is None:
+            row.actual_usd = 0.0
+    return sorted(merged.values(), key=lambda r: (-r.estimated_usd, -(r.actual_usd or 0), r.key))
+
+
+def spend_report(
+    by: str,
+    since: dt.datetime,
+    until: dt.datetime,
+    now: dt.datetime,
+    *,
+    actual: bool | None = None,
+    ledger: Any = None,
+    ce_client: Any = None,
+    teams: Mapping[str, str] | None = None,
+) -> SpendReport:
+    """Estimated spend from the ledger grouped ``by``, clipped to ``[since, until)``, and
+    Cost Explorer's actual spend beside it when ``actual`` (None: when an EKS platform is
+    configured). Cost Explorer failing is reported in ``actual_note``, never raised."""
+    from recc.ledger import Ledger  # the ledger builds on this module
+
+    if by not in GROUPINGS:
+        raise SpecError("--by", by, f"must be one of {', '.join(GROUPINGS)}", "--by user")
+    if until <= since:
+        raise SpecError("--until", until.isoformat(), "must be after --since", "--since 7d")
+    if teams is None:
+        teams = {str(k): str(v) for k, v in (config.get("quotas.teams") or {}).items()}
+    ledger = ledger or Ledger()
+    lives = ledger.read_lives(since, until, now)
+    report = SpendReport(
+        by, since, until, ledger.url, estimated_spend(lives, by, since, until, now, teams)
+    )
+    if actual is None:
+        actual = bool(config.get("eks.cluster-name"))
+    if not actual:
+        report.actual_note = "not queried (no EKS platform configured; --actual asks Cost Explorer)"
+        return report
+    start, end = whole_days(since, until, now.date())
+    try:
+        report.actual = actual_spend(by, start, end, ce_client, teams)
+    except BackendError as e:
+        report.actual_note = f"unavailable: {e}"
+        return report
+    report.rows = merge_actuals(report.rows, report.actual)
+    return report
