@@ -7,8 +7,7 @@ assembles them.
 from __future__ import annotations
 
 import typer
-from recc.cli import plan, platform
-from recc.cli import budget, cost
+from recc.cli import budget, clusters, cost, plan, platform
 
 app = typer.Typer(
     name="recc",
@@ -17,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 plan.register(app)
+clusters.register(app)
 
 app.add_typer(platform.app, name="platform")
 app.add_typer(budget.app, name="budget")
