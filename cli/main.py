@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 from recc.cli import budget, clusters, cost, plan, platform
+from recc.cli import job
 
 app = typer.Typer(
     name="recc",
@@ -21,6 +22,7 @@ clusters.register(app)
 app.add_typer(platform.app, name="platform")
 app.add_typer(budget.app, name="budget")
 cost.register(app)
+app.add_typer(job.app, name="job")
 
 
 def main() -> None:
