@@ -189,6 +189,11 @@ def in_window(
     ]
 
 
+def _cluster_of(path: str) -> str:
+    # <16-character stamp>-<cluster>-<start|end>-<random>.json; cluster names may hold "-".
+    return path.rsplit("/", 1)[-1][17:].rsplit("-", 2)[0]
+
+
 def default_url() -> str:
     """``recc.cost.ledger-url``, or ``<state-dir>/ledger``."""
     return str(config.get("cost.ledger-url") or config.state_dir() / "ledger")
@@ -225,12 +230,19 @@ class Ledger:
         event = {"event": "end", "at": rfc3339(ended_at or _now()), "cluster": cluster, "how": how}
         return self._append(cluster, event)
 
-    def events(self) -> list[dict[str, Any]]:
-        """Every event in the ledger (unreadable files are logged and skipped)."""
+    def events(self, cluster: str | None = None) -> list[dict[str, Any]]:
+        """Every event in the ledger, or only ``cluster``'s (read by file name, so cheap).
+
+        Unreadable files are logged and skipped.
+        """
         try:
             # Other processes append all the time: never trust a cached listing (s3fs keeps one).
             self._fs.invalidate_cache(self._events)
-            paths = [p for p in self._fs.find(self._events) if p.endswith(".json")]
+            paths = [
+                p
+                for p in self._fs.find(self._events)
+                if p.endswith(".json") and (cluster is None or _cluster_of(p) == cluster)
+            ]
             blobs = self._fs.cat(paths) if paths else {}
         except OSError as e:
             raise BackendError(f"cannot read the ledger at {self.url}: {e}") from e
@@ -251,9 +263,11 @@ class Ledger:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         now: dt.datetime | None = None,
+        cluster: str | None = None,
     ) -> list[Life]:
-        """Lives overlapping ``[since, until)`` (None: unbounded), in start order."""
-        return in_window(fold(self.events()), since, until, now)
+        """Lives overlapping ``[since, until)`` (None: unbounded), in start order; only
+        ``cluster``'s lives when given."""
+        return in_window(fold(self.events(cluster)), since, until, now)
 
     def _append(self, cluster: str, event: dict[str, Any]) -> str:
         stamp = parse_rfc3339(event["at"]).strftime("%Y%m%dT%H%M%SZ")
@@ -295,6 +309,8 @@ def read_lives(
     until: dt.datetime | None = None,
     now: dt.datetime | None = None,
     ledger: Ledger | None = None,
+    cluster: str | None = None,
 ) -> list[Life]:
-    """Lives in the configured ledger overlapping ``[since, until)``."""
-    return (ledger or Ledger()).read_lives(since, until, now)
+    """Lives in the configured ledger overlapping ``[since, until)`` (of ``cluster`` only,
+    when given: e.g. to tell whether it already ended)."""
+    return (ledger or Ledger()).read_lives(since, until, now, cluster)

@@ -303,3 +303,16 @@ def test_two_processes_append_at_once_on_s3(
         f"w{w}-{i}" for w in range(2) for i in range(15)
     }
     assert all(life.how == "closed" for life in lives)
+
+
+def test_lives_of_one_cluster(tmp_path: Path) -> None:
+    ledger = Ledger(str(tmp_path))
+    for name in ("c1", "c1-b", "x-c1", "c1-start"):
+        ledger.record_start(record(name))
+    ledger.record_end("c1", T0 + hours(1), "down")
+    only = ledger.read_lives(cluster="c1")
+    assert [(life.record.cluster, life.how) for life in only] == [("c1", "down")]
+    assert [life.record.cluster for life in read_lives(ledger=ledger, cluster="c1-start")] == [
+        "c1-start"
+    ]
+    assert ledger.read_lives(cluster="nope") == []
