@@ -7,8 +7,10 @@ optimistic concurrency on ``resourceVersion``, merge and JSON patches, status su
 and namespace deletion that takes the namespace's objects with it. Every object is checked
 with :func:`recc.kube.schema.validate` (official schemas, CRD schemas, DNS names, labels).
 
-Not modelled: watches, server-side apply, admission webhooks, graceful deletion, finalizers,
-owner-reference garbage collection, pagination (``limit`` returns everything).
+Not modelled: watches, server-side apply, admission (webhooks and policies are stored, not
+run), graceful deletion, finalizers, owner-reference garbage collection, pagination (``limit``
+returns everything). The Dask custom resources are served whether or not their
+CustomResourceDefinitions were created, as on a platform where the operator is installed.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import jsonpatch
+import jsonpointer
 import kubernetes.client
 
 from recc.kube import schema
@@ -50,22 +55,15 @@ _BUILTIN_KINDS = {
     "rbac.authorization.k8s.io/v1": ("Role RoleBinding", "ClusterRole ClusterRoleBinding"),
     "networking.k8s.io/v1": ("NetworkPolicy Ingress*", ""),
     "policy/v1": ("PodDisruptionBudget*", ""),
+    "apiextensions.k8s.io/v1": ("", "CustomResourceDefinition*"),
+    "admissionregistration.k8s.io/v1": (
+        "",
+        "ValidatingAdmissionPolicy* ValidatingAdmissionPolicyBinding",
+    ),
 }
 _INITIAL_NAMESPACES = ("default", "kube-system", "kube-public")
-_REASONS = {
-    400: "BadRequest",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "NotFound",
-    405: "MethodNotAllowed",
-    409: "AlreadyExists",
-    415: "UnsupportedMediaType",
-    422: "Invalid",
-    429: "TooManyRequests",
-    500: "InternalError",
-    503: "ServiceUnavailable",
-    504: "Timeout",
-}
+# Where Kubernetes' Status reasons differ from the HTTP phrase (404 -> "NotFound" etc.).
+_REASONS = {409: "AlreadyExists", 422: "Invalid", 500: "InternalError", 504: "Timeout"}
 
 
 @dataclass(frozen=True)
@@ -81,10 +79,6 @@ class ResourceType:
     @property
     def group(self) -> str:
         return self.api_version.rpartition("/")[0]
-
-    @property
-    def base_path(self) -> str:
-        return f"/apis/{self.api_version}" if self.group else f"/api/{self.api_version}"
 
 
 def _plural(kind: str) -> str:
@@ -139,7 +133,7 @@ class FakeKubeError(Exception):
             "metadata": {},
             "status": "Failure",
             "message": message,
-            "reason": reason or _REASONS.get(code, "Unknown"),
+            "reason": reason or _REASONS.get(code) or HTTPStatus(code).phrase.replace(" ", ""),
             "details": details,
             "code": code,
         }
@@ -184,6 +178,7 @@ class FakeKubeServer:
         """Exceptions raised by hooks; they are logged, and the request still succeeds."""
         self._http: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._discovery_docs: dict[str, dict[str, Any]] = {}
         for name in _INITIAL_NAMESPACES:
             self.create_object(
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
@@ -200,6 +195,7 @@ class FakeKubeServer:
             target=self._http.serve_forever, args=(0.05,), name="fake-kube-api", daemon=True
         )
         self._thread.start()
+        self._discovery_docs = _discovery(self.types, self.url.split("//")[1])
         return self
 
     def stop(self) -> None:
@@ -466,7 +462,7 @@ class FakeKubeServer:
         old = self._existing(rtype, namespace, name)
         try:
             if content_type == "application/json-patch+json":
-                new = _json_patch(old, patch)
+                new = jsonpatch.apply_patch(old, patch)
             elif content_type in (
                 "application/merge-patch+json",
                 "application/strategic-merge-patch+json",
@@ -475,7 +471,7 @@ class FakeKubeServer:
                 new = _merge_patch(old, patch)
             else:
                 raise FakeKubeError(415, f"the fake does not support patch type {content_type}")
-        except (KeyError, IndexError, ValueError, TypeError) as e:
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError) as e:
             raise FakeKubeError(422, f"the patch cannot be applied: {e!r}") from e
         # new carries old's resourceVersion, so a concurrent change makes this a 409.
         return self._replace(rtype, namespace, name, new, part=request.subresource or "main")
@@ -532,11 +528,10 @@ class FakeKubeServer:
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         parts = [unquote(p) for p in url.path.split("/") if p]
         try:
-            discovery = self._discovery(parts)
-            if discovery is not None:
+            if url.path.rstrip("/") in self._discovery_docs:
                 if method != "GET":
                     raise FakeKubeError(405, f"{method} is not allowed on {url.path}")
-                return 200, discovery
+                return 200, self._discovery_docs[url.path.rstrip("/")]
             request = self._route(parts, query)
             verb = _verb(method, request)
             resource = request.rtype.plural + (
@@ -575,7 +570,10 @@ class FakeKubeServer:
         if verb in ("list", "deletecollection"):
             items = self._select(rtype, namespace, request.query)
             if verb == "deletecollection":
-                items = [self._delete(rtype, namespace, o["metadata"]["name"]) for o in items]
+                items = [
+                    self._delete(rtype, o["metadata"].get("namespace"), o["metadata"]["name"])
+                    for o in items
+                ]
             with self._lock:
                 revision = str(next(self._revision))
             return 200, {
@@ -613,68 +611,39 @@ class FakeKubeServer:
         name = rest[1] if len(rest) > 1 else None
         return _Request(rtype, namespace, name, rest[2] if len(rest) == 3 else None, query)
 
-    def _discovery(self, parts: list[str]) -> dict[str, Any] | None:
-        groups: dict[str, list[ResourceType]] = {}
-        for t in self.types:
-            groups.setdefault(t.api_version, []).append(t)
-        major, minor, _ = schema.KUBERNETES_VERSION.split(".")
-        if parts == ["version"]:
-            return {
-                "major": major,
-                "minor": minor,
-                "gitVersion": f"v{schema.KUBERNETES_VERSION}",
-                "gitCommit": "recc-fake",
-                "gitTreeState": "clean",
-                "buildDate": "2025-01-01T00:00:00Z",
-                "goVersion": "none",
-                "compiler": "none",
-                "platform": "linux/amd64",
-            }
-        if parts == ["api"]:
-            cidrs = [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.url.split("//")[1]}]
-            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": cidrs}
-        if parts == ["apis"]:
-            group_list = [_api_group(v) for v in groups if "/" in v]
-            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": group_list}
-        if len(parts) == 2 and parts[0] == "apis":
-            matches = [v for v in groups if v.startswith(parts[1] + "/")]
-            return (
-                {"kind": "APIGroup", "apiVersion": "v1", **_api_group(matches[0])}
-                if matches
-                else None
-            )
-        version = "/".join(parts[1:])
-        if (
-            parts[:1] in (["api"], ["apis"])
-            and version in groups
-            and len(parts) == (2 if parts[0] == "api" else 3)
-        ):
-            return {
-                "kind": "APIResourceList",
-                "apiVersion": "v1",
-                "groupVersion": version,
-                "resources": [r for t in groups[version] for r in _api_resources(t)],
-            }
-        return None
 
-
-def _api_group(api_version: str) -> dict[str, Any]:
-    group, version = api_version.split("/")
-    entry = {"groupVersion": api_version, "version": version}
-    return {"name": group, "versions": [entry], "preferredVersion": entry}
-
-
-def _api_resources(t: ResourceType) -> list[dict[str, Any]]:
-    verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update"]
-    main = {
-        "name": t.plural,
-        "singularName": t.kind.lower(),
-        "namespaced": t.namespaced,
-        "kind": t.kind,
-        "verbs": verbs,
+def _discovery(types: list[ResourceType], address: str) -> dict[str, dict[str, Any]]:
+    """The discovery documents clients read before they call the API, by path."""
+    major, minor, _ = schema.KUBERNETES_VERSION.split(".")
+    unknown = ("gitCommit", "gitTreeState", "buildDate", "goVersion", "compiler")
+    cidrs = [{"clientCIDR": "0.0.0.0/0", "serverAddress": address}]
+    docs: dict[str, dict[str, Any]] = {
+        "/version": {
+            **dict.fromkeys(unknown, "fake"),
+            **{"major": major, "minor": minor, "platform": "linux/amd64"},
+            "gitVersion": f"v{schema.KUBERNETES_VERSION}",
+        },
+        "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": cidrs},
+        "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
     }
-    status = {**main, "name": f"{t.plural}/status", "verbs": ["get", "patch", "update"]}
-    return [main, status] if t.has_status else [main]
+    verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update"]
+    for t in types:
+        path = f"/apis/{t.api_version}" if t.group else f"/api/{t.api_version}"
+        if t.group and f"/apis/{t.group}" not in docs:
+            version = {"groupVersion": t.api_version, "version": t.api_version.split("/")[1]}
+            group = {"name": t.group, "versions": [version], "preferredVersion": version}
+            docs[f"/apis/{t.group}"] = {"kind": "APIGroup", "apiVersion": "v1", **group}
+            docs["/apis"]["groups"].append(group)
+        listing = docs.setdefault(
+            path,
+            {"kind": "APIResourceList", "groupVersion": t.api_version, "resources": []},
+        )
+        main = {"name": t.plural, "singularName": t.kind.lower(), "namespaced": t.namespaced}
+        listing["resources"].append({**main, "kind": t.kind, "verbs": verbs})
+        if t.has_status:
+            status = {**main, "name": f"{t.plural}/status", "verbs": ["get", "patch", "update"]}
+            listing["resources"].append({**status, "kind": t.kind})
+    return docs
 
 
 def _verb(method: str, request: _Request) -> str:
@@ -745,9 +714,6 @@ def _requirement(g: dict[str, str | None], is_field: bool) -> Callable[[dict], b
     return lambda obj: (key in obj) != negate
 
 
-# -- patches ------------------------------------------------------------------------------
-
-
 def _merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
@@ -759,70 +725,6 @@ def _merge_patch(target: Any, patch: Any) -> Any:
         else:
             out[key] = _merge_patch(out.get(key), value)
     return out
-
-
-def _json_patch(doc: Any, operations: Any) -> Any:
-    """RFC 6902 JSON patch (add, remove, replace, move, copy, test)."""
-    if not isinstance(operations, list):
-        raise ValueError("a JSON patch is a list of operations")
-    doc = copy.deepcopy(doc)
-    for op in operations:
-        path = _pointer(op["path"])
-        if op["op"] == "test":
-            if _resolve(doc, path) != op["value"]:
-                raise ValueError(f"test failed at {op['path']}")
-            continue
-        if op["op"] in ("move", "copy"):
-            value = copy.deepcopy(_resolve(doc, _pointer(op["from"])))
-            if op["op"] == "move":
-                doc = _remove(doc, _pointer(op["from"]))
-        elif op["op"] in ("add", "replace"):
-            value = copy.deepcopy(op["value"])
-        elif op["op"] == "remove":
-            doc = _remove(doc, path)
-            continue
-        else:
-            raise ValueError(f"unknown JSON patch operation {op['op']!r}")
-        if op["op"] == "replace":
-            doc = _remove(doc, path)
-        doc = _add(doc, path, value)
-    return doc
-
-
-def _pointer(text: str) -> list[str]:
-    if text == "":
-        return []
-    if not text.startswith("/"):
-        raise ValueError(f"a JSON pointer starts with '/': {text!r}")
-    return [p.replace("~1", "/").replace("~0", "~") for p in text[1:].split("/")]
-
-
-def _resolve(doc: Any, path: list[str]) -> Any:
-    for step in path:
-        doc = doc[int(step)] if isinstance(doc, list) else doc[step]
-    return doc
-
-
-def _add(doc: Any, path: list[str], value: Any) -> Any:
-    if not path:
-        return value
-    parent, last = _resolve(doc, path[:-1]), path[-1]
-    if isinstance(parent, list):
-        index = len(parent) if last == "-" else int(last)
-        if not 0 <= index <= len(parent):
-            raise IndexError(f"index {index} is out of range")
-        parent.insert(index, value)
-    else:
-        parent[last] = value
-    return doc
-
-
-def _remove(doc: Any, path: list[str]) -> Any:
-    if not path:
-        return None
-    parent, last = _resolve(doc, path[:-1]), path[-1]
-    del parent[int(last) if isinstance(parent, list) else last]
-    return doc
 
 
 # -- HTTP plumbing ------------------------------------------------------------------------
