@@ -50,7 +50,8 @@ def check_against_pandas(result: AggregateResult, groups: dict[str, list[str]], 
         got = got.set_index(["path", "Date"]).value
         if len(got) != len(want) or not got.index.is_unique:
             raise AssertionError(f"group {group}: {len(got)} output rows, pandas has {len(want)}")
-        worst = max(worst, float(np.abs(got.reindex(want.index).to_numpy() - want.to_numpy()).max()))
+        diff = got.reindex(want.index).to_numpy() - want.to_numpy()
+        worst = max(worst, float(np.abs(diff).max()))
     return worst
 
 

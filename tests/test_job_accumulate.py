@@ -1,0 +1,173 @@
+"""The summing core against pandas, on small files of every shape (no cluster needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recc.datastore import DataStore
+from recc.jobs.accumulate import Accumulator, InputError, KeyGrowthExceeded, open_source
+from recc.jobs.generate import generate
+from recc.jobs.keyindex import KeyIndex
+from recc.jobs.tasks import sum_files
+
+STORE = DataStore()
+
+
+def pandas_sum(paths: list[str]) -> pd.Series:
+    frames = [pd.read_parquet(p) for p in paths]
+    return pd.concat(frames).groupby(["path", "Date"]).value.sum()
+
+
+def recc_sum(paths: list[str]) -> tuple[pd.Series, Accumulator]:
+    acc = Accumulator()
+    for p in paths:
+        acc.add(open_source(STORE, p))
+    if acc.has_nan():
+        acc = Accumulator(skip_nan=True)
+        for p in paths:
+            acc.add(open_source(STORE, p))
+    table = acc.table(unique=True)
+    series = table.to_pandas().set_index(["path", "Date"]).value
+    return series, acc
+
+
+def assert_matches(paths: list[str]) -> Accumulator:
+    want = pandas_sum(paths)
+    got, acc = recc_sum(paths)
+    assert got.index.is_unique
+    assert len(got) == len(want)
+    np.testing.assert_allclose(got.reindex(want.index).to_numpy(), want.to_numpy(),
+                               rtol=1e-12, atol=1e-12)
+    return acc
+
+
+def files_of(info, group="g000") -> list[str]:
+    return [f"{info.output}/{f}" for f in info.groups[group]]
+
+
+def test_shared_order_takes_the_byte_compare_path(tmp_path):
+    info = generate(str(tmp_path), files=5, paths=40, dates=12, seed=3)
+    acc = assert_matches(files_of(info))
+    assert acc.tally.same_bytes == 5 and acc.tally.aligned == 0
+
+
+def test_each_file_in_its_own_order(tmp_path):
+    info = generate(str(tmp_path), files=4, paths=40, dates=12, seed=4, shuffle_each=True)
+    acc = assert_matches(files_of(info))
+    assert acc.tally.aligned == 3
+
+
+def test_key_sets_differ_between_files(tmp_path):
+    info = generate(str(tmp_path), files=6, paths=40, dates=12, seed=5, missing=0.2)
+    acc = assert_matches(files_of(info))
+    assert acc.tally.aligned == 5
+
+
+def test_shuffled_and_missing_with_many_row_groups(tmp_path):
+    info = generate(str(tmp_path), files=4, paths=30, dates=10, seed=6, shuffle_each=True,
+                    missing=0.3, row_group_size=37)
+    assert_matches(files_of(info))
+
+
+def test_single_file(tmp_path):
+    info = generate(str(tmp_path), files=1, paths=10, dates=5, seed=7)
+    assert_matches(files_of(info))
+
+
+def write(where, **columns) -> str:
+    pq.write_table(pa.table(columns), where)
+    return str(where)
+
+
+def test_repeated_keys_nulls_and_nan_match_pandas(tmp_path):
+    days = np.array(["2030-01-01", "2030-02-01"] * 3, dtype="datetime64[D]")
+    dates = pa.array(days, pa.date32())
+    a = write(tmp_path / "a.parquet", path=pa.array([1, 1, 2, 2, 1, 3]), Date=dates,
+              value=pa.array([1.0, 2.0, 3.0, None, 5.0, 6.0]))
+    b = write(tmp_path / "b.parquet", path=pa.array([1, 1, None, 2, 1, 3]), Date=dates,
+              value=pa.array([1.0, np.nan, 3.0, 4.0, 5.0, 6.0]))
+    c = write(tmp_path / "c.parquet", path=pa.array([7, 1, 2, 2, 1, 3]), Date=dates,
+              value=pa.array([0.5, 0.25, 3.0, 4.0, 5.0, 6.0]))
+    assert_matches([a, b, c])
+    assert_matches([b, a])  # null keys in the first file
+
+
+def test_string_keys_and_integer_values(tmp_path):
+    a = write(tmp_path / "a.parquet", path=pa.array(["p1", "p2", "p3"]),
+              Date=pa.array([1, 2, 3], pa.int32()), value=pa.array([1, 2, 3]))
+    b = write(tmp_path / "b.parquet", path=pa.array(["p3", "p9", "p1"]),
+              Date=pa.array([3, 3, 1], pa.int32()), value=pa.array([10, 20, 30]))
+    assert_matches([a, b])
+
+
+def test_empty_file_adds_nothing(tmp_path):
+    info = generate(str(tmp_path), files=2, paths=10, dates=5, seed=8)
+    empty = write(tmp_path / "empty.parquet", path=pa.array([], pa.int64()),
+                  Date=pa.array([], pa.date32()), value=pa.array([], pa.float64()))
+    assert_matches([*files_of(info), empty])
+    assert_matches([empty, *files_of(info)])
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(InputError, match="nope.parquet"):
+        open_source(STORE, str(tmp_path / "nope.parquet"))
+
+
+def test_corrupt_file_is_named(tmp_path):
+    info = generate(str(tmp_path), files=2, paths=50, dates=12, seed=9)
+    good, bad = files_of(info)
+    data = bytearray(open(bad, "rb").read())
+    data[200:4000] = b"\x00" * 3800  # the footer survives: the damage shows when decoding
+    open(bad, "wb").write(bytes(data))
+    acc = Accumulator()
+    acc.add(open_source(STORE, good))
+    with pytest.raises(InputError, match="part-00001.parquet"):
+        acc.add(open_source(STORE, bad))
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"not parquet at all")
+    with pytest.raises(InputError, match="garbage.parquet.*not a readable Parquet"):
+        open_source(STORE, str(garbage))
+
+
+def test_wrong_columns_are_named(tmp_path):
+    f = write(tmp_path / "w.parquet", path=pa.array([1]), value=pa.array([1.0]))
+    with pytest.raises(InputError, match="w.parquet: missing column.*Date"):
+        open_source(STORE, f)
+
+
+def test_growth_past_the_reservation_raises(tmp_path):
+    info = generate(str(tmp_path), files=3, paths=20, dates=5, seed=10, missing=0.5)
+    acc = Accumulator(max_rows=60)
+    with pytest.raises(KeyGrowthExceeded, match="more than the 60 rows"):
+        for f in files_of(info):
+            acc.add(open_source(STORE, f))
+
+
+def test_partials_round_trip_through_ipc(tmp_path):
+    """Lanes write IPC partials; a final task sums them into the same result as one pass."""
+    info = generate(str(tmp_path / "in"), files=6, paths=30, dates=8, seed=11, missing=0.1)
+    files = files_of(info)
+    p1, p2 = str(tmp_path / "p1.arrow"), str(tmp_path / "p2.arrow")
+    sum_files(STORE, "g", files[:3], p1, final=False, max_rows=None, schema=None, files=3)
+    sum_files(STORE, "g", files[3:], p2, final=False, max_rows=None, schema=None, files=3)
+    out = str(tmp_path / "g.parquet")
+    report = sum_files(STORE, "g", [p1, p2], out, final=True, max_rows=None, schema=None,
+                       files=0)
+    want = pandas_sum(files)
+    got = pd.read_parquet(out).set_index(["path", "Date"]).value
+    assert report.rows_out == len(want) == len(got)
+    np.testing.assert_allclose(got.reindex(want.index).to_numpy(), want.to_numpy())
+
+
+def test_key_index_switches_to_hash_for_sparse_keys():
+    index = KeyIndex()
+    wide = pa.table({"path": pa.array([0, 10**12, 5]), "Date": pa.array([1, 2, 3])})
+    rows, new = index.rows_of(wide)
+    assert rows.tolist() == [0, 1, 2] and new.tolist() == [0, 1, 2]
+    again = pa.table({"path": pa.array([5, 7, 10**12, 7]), "Date": pa.array([3, 1, 2, 1])})
+    rows, new = index.rows_of(again)
+    assert rows.tolist() == [2, 3, 1, 3] and new.tolist() == [1]
