@@ -473,6 +473,14 @@ def test_python_side_access(kube):
     kube.create_object(node)
     assert kube.get_object("Node", "ip-10-0-0-1")["metadata"]["uid"]
     assert kube.get_object("nodes", "absent") is None
+    ready = kube.get_object("nodes", "ip-10-0-0-1")
+    ready["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+    kube.update_object(ready)  # status included, as a kubelet would report it
+    core = client.CoreV1Api(kube.api_client())
+    assert core.read_node("ip-10-0-0-1").status.conditions[0].status == "True"
+    with pytest.raises(FakeKubeError) as stale:
+        kube.update_object(ready)  # still carries the previous resourceVersion
+    assert stale.value.code == 409
     with pytest.raises(FakeKubeError) as invalid:
         kube.create_object({**node, "spec": {"unschedulabel": True}})
     assert invalid.value.code == 422

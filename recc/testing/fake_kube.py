@@ -186,9 +186,9 @@ class FakeKubeServer:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> FakeKubeServer:
-        """Serve on a free loopback port in a daemon thread."""
-        self._http = _HTTPServer(("127.0.0.1", 0), _Handler)
+    def start(self, port: int = 0) -> FakeKubeServer:
+        """Serve on 127.0.0.1:``port`` (0: a free port) in a daemon thread."""
+        self._http = _HTTPServer(("127.0.0.1", port), _Handler)
         self._http.fake = self
         # A short poll interval makes stop() quick; the loop is idle otherwise.
         self._thread = threading.Thread(
@@ -787,8 +787,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def fake_kubernetes() -> Iterator[FakeKubeServer]:
-    """Run a :class:`FakeKubeServer` for the duration of a ``with`` block.
+def fake_kubernetes(port: int = 0) -> Iterator[FakeKubeServer]:
+    """Run a :class:`FakeKubeServer` on 127.0.0.1 (a free port unless ``port`` is given) for
+    the duration of a ``with`` block.
 
     Example
     -------
@@ -800,7 +801,7 @@ def fake_kubernetes() -> Iterator[FakeKubeServer]:
     ...     [ns.metadata.name for ns in core.list_namespace(label_selector="!x").items]
     ['default', 'demo', 'kube-public', 'kube-system']
     """
-    server = FakeKubeServer().start()
+    server = FakeKubeServer().start(port)
     try:
         yield server
     finally:
