@@ -321,6 +321,8 @@ def test_unknown_field_suggests_the_close_one(key: str, suggestion: str) -> None
         resolve_spec(**{key: 3})
     assert_spec_error(info.value, key, 3)
     assert f"did you mean {suggestion!r}" in str(info.value)
+    # the example is for the suggested field (an alias shows the field it stands for)
+    assert info.value.example.startswith(suggestion.removesuffix("_GiB") + "=")
 
 
 def test_unknown_field_with_nothing_close_lists_the_fields() -> None:
