@@ -28,7 +28,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import dask.config
 import yaml
 
 from recc import aws, config
@@ -315,7 +314,7 @@ class CheckReport:
 
 def _current(key: str) -> Any:
     # Keys this module introduced may be absent from older packaged defaults.
-    return dask.config.get(f"recc.{key}", default=None)
+    return config.get(key, default=None)
 
 
 def configuration_findings(get: Callable[[str], Any] = _current) -> list[Finding]:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 import recc.config
 from recc import platform
-from recc.errors import ConfigError
+from recc.errors import BackendError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "terraform-outputs.json"
@@ -577,3 +577,147 @@ def test_admission_policy_confines_researchers_to_recc_namespaces(configured: di
     assert not policy.admits(researcher, "UPDATE", "resourcequotas", "q", namespace="kube-system")
     # Everyone else (platform admins, the operator) is not this policy's business.
     assert policy.admits(["system:masters"], "CREATE", "namespaces", "anything")
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the fake Kubernetes API server (recc.testing), with AWS on moto
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kube() -> Iterator:
+    from recc.testing import fake_kubernetes
+
+    with fake_kubernetes() as server:
+        yield server
+
+
+def served(kube, manifests: list[dict]) -> list[dict]:
+    """The manifests whose kinds the fake API server serves."""
+    kinds = {(t.api_version, t.kind) for t in kube.types}
+    return [m for m in manifests if (m["apiVersion"], m["kind"]) in kinds]
+
+
+def test_check_is_ready_when_sts_eks_and_kubernetes_answer(
+    config_dir: Path, tmp_path: Path, aws: None, kube
+) -> None:
+    make_eks_cluster("research-dask")
+    configure(tmp_path, cluster_endpoint=kube.url)
+
+    report = platform.check_platform()
+    by_name = {f.name: f for f in report.findings}
+    assert by_name["kubernetes: /version"].status == platform.OK
+    assert by_name["kubernetes: /version"].detail == f"{kube.url}: v1.32.0"
+    assert report.ok
+
+    result = CliRunner().invoke(platform_cli.app, ["check"])
+    assert result.exit_code == 0, result.output
+    assert "ready" in result.output and "not ready" not in result.output
+
+
+def test_install_applies_then_reapplies_the_platform(configured: dict, kube) -> None:
+    import kubernetes.client
+
+    manifests = served(kube, platform.platform_manifests(configured, "0.1.0"))
+    assert {m["kind"] for m in manifests} >= {"Namespace", "ServiceAccount", "ClusterRole",
+                                               "ClusterRoleBinding", "Deployment", "CronJob",
+                                               "ConfigMap"}  # fmt: skip
+    api = kube.api_client()
+
+    first = platform.install_platform(api, manifests)
+    assert [a.action for a in first] == ["created"] * len(manifests)
+    batch = kubernetes.client.BatchV1Api(api)
+    cron = batch.read_namespaced_cron_job("recc-harvester", "recc")
+    assert cron.spec.schedule == "*/10 * * * *"
+    account = kubernetes.client.CoreV1Api(api).read_namespaced_service_account(
+        "recc-harvester", "recc"
+    )
+    assert account.metadata.annotations["eks.amazonaws.com/role-arn"].endswith("recc-harvester")
+    deployment = kubernetes.client.AppsV1Api(api).read_namespaced_deployment(
+        "dask-kubernetes-operator", "dask-operator"
+    )
+    assert deployment.spec.template.spec.service_account_name == "dask-kubernetes-operator"
+
+    # Re-running after a Terraform change updates in place.
+    changed = served(kube, platform.platform_manifests(
+        {**configured, "eks.harvester-schedule": "0 * * * *"}, "0.1.0"))  # fmt: skip
+    second = platform.install_platform(api, changed)
+    assert [a.action for a in second] == ["updated"] * len(manifests)
+    assert batch.read_namespaced_cron_job("recc-harvester", "recc").spec.schedule == "0 * * * *"
+    assert len(kube.objects("cronjobs", "recc")) == 1
+
+
+def test_a_failed_install_says_what_was_applied_and_a_rerun_finishes(
+    configured: dict, kube
+) -> None:
+    manifests = served(kube, platform.platform_manifests(configured, "0.1.0"))
+    api = kube.api_client()
+    kube.inject_failure("create", "cronjobs", status=500, times=1)
+
+    with pytest.raises(
+        BackendError, match=r"applying CronJob/recc-harvester failed: HTTP 500"
+    ) as e:
+        platform.install_platform(api, manifests)
+    assert "Applied before it: " in str(e.value)
+    assert "ConfigMap/recc-platform" in str(e.value)
+    assert "re-run recc platform install" in str(e.value)
+    assert kube.objects("cronjobs", "recc") == []
+
+    again = platform.install_platform(api, manifests)
+    assert again[-1] == platform.Applied("CronJob", "recc-harvester", "recc", "created")
+    assert {a.action for a in again[:-1]} == {"updated"}
+
+
+def test_cli_install_against_the_platform(
+    config_dir: Path, tmp_path: Path, aws: None, kube
+) -> None:
+    make_eks_cluster("research-dask")
+    configure(tmp_path, cluster_endpoint=kube.url)
+    manifests = platform.platform_manifests(platform.platform_settings(), platform.recc_version())
+    unserved = [m for m in manifests if m not in served(kube, manifests)]
+
+    result = CliRunner().invoke(platform_cli.app, ["install", "--json"])
+    if not unserved:
+        assert result.exit_code == 0, result.output
+        assert len(json.loads(result.output)) == len(manifests)
+    else:
+        # The fake serves no CRDs / admission policies yet: install must stop at the first one
+        # it cannot apply, say so, and have applied only what came before it.
+        first = unserved[0]
+        assert result.exit_code == 1
+        assert f"applying {first['kind']}/{first['metadata']['name']} failed: HTTP 404" in (
+            result.output
+        )
+        index = manifests.index(first)
+        for m in served(kube, manifests[:index]):
+            assert kube.get_object(m["kind"], m["metadata"]["name"], m["metadata"].get("namespace"))
+        for m in served(kube, manifests[index + 1 :]):
+            name, namespace = m["metadata"]["name"], m["metadata"].get("namespace")
+            assert kube.get_object(m["kind"], name, namespace) is None, name
+
+
+def test_recc_plan_uses_the_platform_configure_wrote(config_dir: Path, aws: None) -> None:
+    """configure on the sample outputs, then `recc plan` on (moto) AWS: the instance facts come
+    from EC2 in the configured region and the manifests carry the platform's roles and CIDRs."""
+    from recc.cli.main import app
+
+    def plan(*flags: str) -> dict:
+        result = CliRunner().invoke(app, ["plan", "-o", "json", "--n-workers", "4", *flags])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    assert plan()["plan"]["catalog_source"] != "EC2 DescribeInstanceTypes"  # not configured yet
+
+    result = CliRunner().invoke(app, ["platform", "configure", "--from-terraform", str(SAMPLE)])
+    assert result.exit_code == 0, result.output
+    recc.config.refresh()
+    planned = plan("--manifests")
+
+    assert planned["plan"]["catalog_source"] == "EC2 DescribeInstanceTypes"
+    manifests = planned["manifests"]
+    account = next(m for m in manifests if m["kind"] == "ServiceAccount")
+    assert account["metadata"]["name"] == "recc-worker"
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == (
+        "arn:aws:iam::123456789012:role/research-dask-recc-worker"
+    )
+    assert "10.0.0.0/8" in json.dumps(by_kind(manifests, "NetworkPolicy")["allow-clients"])
