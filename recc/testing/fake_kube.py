@@ -78,6 +78,7 @@ class ResourceType:
 
     @property
     def group(self) -> str:
+        """The API group; empty for the core group (``v1``)."""
         return self.api_version.rpartition("/")[0]
 
 
@@ -279,6 +280,7 @@ class FakeKubeServer:
         )
 
     def clear_calls(self) -> None:
+        """Forget the calls recorded so far (e.g. after a test's setup)."""
         with self._lock:
             self._calls.clear()
 
