@@ -1,0 +1,158 @@
+"""The job on a real Dask cluster: results match pandas, failures stay in their group, and
+memory restrictions reach the scheduler."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from recc.jobs import aggregate, generate, plan
+from recc.jobs.aggregate import cluster_capacity
+
+MEMORY_MIB = 1024
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=f"{MEMORY_MIB}MiB",
+                      resources={"MEMORY": MEMORY_MIB}, dashboard_address=None) as cluster:
+        with Client(cluster) as c:
+            yield c
+
+
+def check(result, groups: dict[str, list[str]], base: str) -> None:
+    for group, files in groups.items():
+        r = result.groups[group]
+        assert r.status == "done", r.error
+        got = pd.read_parquet(r.output)
+        if not files:
+            assert len(got) == 0 and list(got.columns) == ["path", "Date", "value"]
+            continue
+        want = pd.concat(pd.read_parquet(f"{base}/{f}") for f in files)
+        want = want.groupby(["path", "Date"]).value.sum()
+        got = got.set_index(["path", "Date"]).value
+        assert got.index.is_unique and len(got) == len(want)
+        np.testing.assert_allclose(got.reindex(want.index).to_numpy(), want.to_numpy(),
+                                   rtol=1e-12, atol=1e-12)
+
+
+class RecordRestrictions(SchedulerPlugin):
+    """Records the resource restrictions of every task as the scheduler holds it."""
+
+    name = "record-restrictions"
+
+    def __init__(self):
+        self.seen: dict[str, dict] = {}
+
+    async def start(self, scheduler):
+        self.scheduler = scheduler
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "processing" and str(key).startswith("recc-sum"):
+            ts = self.scheduler.tasks[key]
+            self.seen[str(key)] = dict(ts.resource_restrictions or {})
+
+
+@pytest.mark.parametrize("shape", [
+    dict(),
+    dict(shuffle_each=True),
+    dict(missing=0.15),
+    dict(shuffle_each=True, missing=0.3, row_group_size=50),
+])
+def test_every_group_shape_matches_pandas(client, tmp_path, shape):
+    # 1 file, an empty group, a few files, and a group split into lanes (max 4 files/task).
+    info = generate(str(tmp_path / "in"), group_sizes=[1, 0, 3, 11], paths=25, dates=12,
+                    seed=hash(tuple(shape)) % 1000, **shape)
+    result = aggregate(info.output, str(tmp_path / "out"), client=client, max_files_per_task=4)
+    assert result.ok, result.failed
+    check(result, info.groups, info.output)
+    assert result.groups["g003"].tasks == 4  # three lanes and the final
+    assert sorted(os.listdir(tmp_path / "out")) == [f"g00{i}.parquet" for i in range(4)]
+
+
+def test_restrictions_reach_the_scheduler(client, tmp_path):
+    plugin = RecordRestrictions()
+    client.register_plugin(plugin)
+    try:
+        info = generate(str(tmp_path / "in"), group_sizes=[2, 9], paths=40, dates=12)
+        result = aggregate(info.output, str(tmp_path / "out"), client=client,
+                           max_files_per_task=4)
+        seen = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.plugins["record-restrictions"].seen)
+    finally:
+        client.unregister_scheduler_plugin("record-restrictions")
+    assert result.ok
+    sums = {k: v for k, v in seen.items()}
+    assert len(sums) == result.groups["g000"].tasks + result.groups["g001"].tasks == 1 + 4
+    for key, restriction in sums.items():
+        assert set(restriction) == {"MEMORY"}, key
+        assert 0 < restriction["MEMORY"] <= MEMORY_MIB, key
+    requested = max(r["MEMORY"] for r in sums.values())
+    assert requested == max(g.memory_mib for g in result.groups.values())
+
+
+def test_a_bad_file_fails_its_group_only(client, tmp_path):
+    info = generate(str(tmp_path / "in"), group_sizes=[3, 6, 2], paths=40, dates=12)
+    corrupt = f"{info.output}/{info.groups['g001'][4]}"
+    data = bytearray(open(corrupt, "rb").read())
+    data[100:3000] = b"\xff" * 2900
+    open(corrupt, "wb").write(bytes(data))
+    os.remove(f"{info.output}/{info.groups['g002'][1]}")
+    out = tmp_path / "out"
+    result = aggregate(info.output, str(out), client=client, max_files_per_task=2)
+    assert result.groups["g000"].status == "done"
+    assert result.failed.keys() == {"g001", "g002"}
+    assert info.groups["g001"][4] in result.failed["g001"]
+    assert info.groups["g002"][1] in result.failed["g002"]
+    assert "not found" in result.failed["g002"]
+    # Nothing half-written: only the good group's output, no scratch, no temporary files.
+    assert sorted(os.listdir(out)) == ["g000.parquet"]
+    check(result, {"g000": info.groups["g000"]}, info.output)
+
+
+def test_keys_beyond_the_reservation_rerun_exactly(client, tmp_path):
+    """Files with disjoint keys outgrow the default reservation; the group re-runs sized for
+    all of its rows and still matches pandas."""
+    parts = []
+    for i in range(3):
+        info = generate(str(tmp_path / f"in{i}"), files=1, paths=30, dates=10, seed=i)
+        frame = pd.read_parquet(f"{info.output}/part-00000.parquet")
+        frame["path"] += 1000 * i  # a different set of paths in every file
+        name = tmp_path / f"disjoint-{i}.parquet"
+        frame.to_parquet(name)
+        parts.append(str(name))
+    result = aggregate(groups={"d": parts}, output=str(tmp_path / "out"), client=client)
+    assert result.ok, result.failed
+    check(result, {"d": [os.path.basename(p) for p in parts]}, str(tmp_path))
+    assert result.groups["d"].rows_out == 900
+
+
+def test_a_task_larger_than_any_worker_fails_before_running(client, tmp_path, monkeypatch):
+    # Pretend each task needs 4 GiB beyond its rows: more than these 1 GiB workers hold.
+    monkeypatch.setattr(plan, "FIXED_BYTES", 4 << 30)
+    info = generate(str(tmp_path / "in"), group_sizes=[1, 1], paths=20, dates=5)
+    result = aggregate(info.output, str(tmp_path / "out"), client=client)
+    assert result.failed.keys() == {"g000", "g001"}
+    assert not os.path.exists(tmp_path / "out" / "g000.parquet")
+    assert "largest worker offers" in result.failed["g000"]
+    assert "--worker-memory" in result.failed["g000"]
+
+
+def test_capacity_scales_requests_to_memory_below_the_pause_threshold(client):
+    capacity = cluster_capacity(client)
+    assert capacity.slots == 2 and capacity.largest == MEMORY_MIB
+    # 1024 MiB limit x 0.8 pause, minus what each worker already uses: scale above 1/0.8.
+    assert capacity.scale > 1.25
+
+
+def test_a_cluster_without_the_resource_is_refused(tmp_path):
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        with Client(cluster) as c:
+            info = generate(str(tmp_path / "in"), files=1, paths=5, dates=5)
+            with pytest.raises(Exception, match="MEMORY"):
+                aggregate(info.output, str(tmp_path / "out"), client=c)
