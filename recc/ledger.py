@@ -28,8 +28,9 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import secrets
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import fsspec
@@ -151,8 +152,8 @@ def _check_how(how: str) -> None:
         raise SpecError("how", how, f"must be one of {', '.join(ENDINGS)}", "how='closed'")
 
 
-def fold(events: list[dict[str, Any]]) -> list[Life]:
-    """Lives from ledger events, in start order. Pure.
+def pair(events: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Each start event with the end event that closed it (None: still running). Pure.
 
     An end closes the latest open life of its cluster that started at or before it (cluster
     names can be reused after deletion); an end with no open life - a repeated end, or one
@@ -160,17 +161,64 @@ def fold(events: list[dict[str, Any]]) -> list[Life]:
     """
     # Starts before ends at the same instant, so a life that ends the second it began folds.
     ordered = sorted(events, key=lambda e: (e["at"], e["event"] != "start"))
-    lives: list[Life] = []
+    pairs: list[list[Any]] = []
     open_index: dict[str, int] = {}
     for event in ordered:
         cluster = event["cluster"]
         if event["event"] == "start":
-            open_index[cluster] = len(lives)
-            lives.append(Life(StartRecord.from_json(event)))
+            open_index[cluster] = len(pairs)
+            pairs.append([event, None])
         elif event["event"] == "end" and cluster in open_index:
-            i = open_index.pop(cluster)
-            lives[i] = replace(lives[i], ended_at=parse_rfc3339(event["at"]), how=event["how"])
-    return lives
+            pairs[open_index.pop(cluster)][1] = event
+    return [(start, end) for start, end in pairs]
+
+
+def fold(events: list[dict[str, Any]]) -> list[Life]:
+    """Lives from ledger events (paired as :func:`pair` says), in start order. Pure."""
+    return [
+        Life(
+            StartRecord.from_json(start),
+            parse_rfc3339(end["at"]) if end else None,
+            end["how"] if end else None,
+        )
+        for start, end in pair(events)
+    ]
+
+
+_EVENT_NAME = re.compile(r"^(\d{8}T\d{6}Z)-(.+)-(start|end)-[0-9a-f]+\.json$")
+
+
+def _event_from_name(path: str) -> dict[str, Any] | None:
+    found = _EVENT_NAME.match(path.rsplit("/", 1)[-1])
+    if found is None:
+        return None
+    at = dt.datetime.strptime(found[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    return {"at": rfc3339(at), "event": found[3], "cluster": found[2], "path": path}
+
+
+def relevant_paths(
+    paths: list[str],
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    cluster: str | None = None,
+) -> list[str]:
+    """The event files worth fetching for lives overlapping ``[since, until)``. Pure.
+
+    File names carry the time, cluster and kind of each event, so lives are paired from the
+    listing alone and only the files of lives that can overlap the window (or of ``cluster``)
+    are read: ``recc cost`` for this month does not fetch last year's events.
+    """
+    named = [e for e in map(_event_from_name, paths) if e is not None]
+    if cluster is not None:
+        named = [e for e in named if e["cluster"] == cluster]
+    keep = []
+    for start, end in pair(named):
+        if until is not None and parse_rfc3339(start["at"]) >= until:
+            continue
+        if since is not None and end is not None and parse_rfc3339(end["at"]) <= since:
+            continue
+        keep += [start["path"]] + ([end["path"]] if end else [])
+    return keep
 
 
 def in_window(
@@ -187,11 +235,6 @@ def in_window(
         if (until is None or life.record.created_at < until)
         and (since is None or life.end_or(now) > since)
     ]
-
-
-def _cluster_of(path: str) -> str:
-    # <16-character stamp>-<cluster>-<start|end>-<random>.json; cluster names may hold "-".
-    return path.rsplit("/", 1)[-1][17:].rsplit("-", 2)[0]
 
 
 def default_url() -> str:
@@ -230,19 +273,18 @@ class Ledger:
         event = {"event": "end", "at": rfc3339(ended_at or _now()), "cluster": cluster, "how": how}
         return self._append(cluster, event)
 
-    def events(self, cluster: str | None = None) -> list[dict[str, Any]]:
-        """Every event in the ledger, or only ``cluster``'s (read by file name, so cheap).
-
-        Unreadable files are logged and skipped.
-        """
+    def events(
+        self,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        cluster: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The events of lives that can overlap ``[since, until)`` (of ``cluster`` only, when
+        given); with no arguments, every event. Unreadable files are logged and skipped."""
         try:
             # Other processes append all the time: never trust a cached listing (s3fs keeps one).
             self._fs.invalidate_cache(self._events)
-            paths = [
-                p
-                for p in self._fs.find(self._events)
-                if p.endswith(".json") and (cluster is None or _cluster_of(p) == cluster)
-            ]
+            paths = relevant_paths(self._fs.find(self._events), since, until, cluster)
             blobs = self._fs.cat(paths) if paths else {}
         except OSError as e:
             raise BackendError(f"cannot read the ledger at {self.url}: {e}") from e
@@ -267,7 +309,7 @@ class Ledger:
     ) -> list[Life]:
         """Lives overlapping ``[since, until)`` (None: unbounded), in start order; only
         ``cluster``'s lives when given."""
-        return in_window(fold(self.events(cluster)), since, until, now)
+        return in_window(fold(self.events(since, until, cluster)), since, until, now)
 
     def _append(self, cluster: str, event: dict[str, Any]) -> str:
         stamp = parse_rfc3339(event["at"]).strftime("%Y%m%dT%H%M%SZ")

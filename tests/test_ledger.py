@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import multiprocessing
 import os
+import random
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -19,7 +20,15 @@ from moto.server import ThreadedMotoServer
 from recc.catalog import bundled_catalog
 from recc.cost import estimate_cost, local_cost
 from recc.errors import SpecError
-from recc.ledger import Ledger, Life, StartRecord, fold, in_window, read_lives
+from recc.ledger import (
+    Ledger,
+    Life,
+    StartRecord,
+    fold,
+    in_window,
+    read_lives,
+    relevant_paths,
+)
 from recc.plan import plan_cluster
 from recc.pricing import PriceBook
 from recc.spec import resolve_spec
@@ -316,3 +325,28 @@ def test_lives_of_one_cluster(tmp_path: Path) -> None:
         "c1-start"
     ]
     assert ledger.read_lives(cluster="nope") == []
+
+
+def test_reading_by_window_fetches_less_and_finds_the_same_lives(tmp_path: Path) -> None:
+    """Pairing by file name gives the same lives as reading every event, for any window."""
+    rng = random.Random(7)
+    ledger = Ledger(str(tmp_path))
+    for _ in range(60):
+        name = f"c{rng.randrange(12)}"  # names are reused
+        start = T0 + hours(rng.uniform(0, 200))
+        ledger.record_start(record(name, start=start, usd=rng.choice([0.5, 1.0, 3.0])))
+        for _ in range(rng.choice([0, 1, 1, 2])):  # running, ended, or ended twice
+            ledger.record_end(
+                name, start + hours(rng.uniform(0, 30)), rng.choice(["down", "reaped"])
+            )
+    every = fold(ledger.events())
+    paths = [str(p) for p in (tmp_path / "events").iterdir()]
+    now = T0 + hours(260)
+    for _ in range(40):
+        since = T0 + hours(rng.uniform(-20, 240))
+        until = since + hours(rng.uniform(0.5, 60))
+        expected = in_window(every, since, until, now)
+        assert ledger.read_lives(since, until, now) == expected
+        assert len(relevant_paths(paths, since, until)) <= len(paths)
+    narrow = relevant_paths(paths, T0 + hours(100), T0 + hours(101))
+    assert len(narrow) < len(paths) / 2
