@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 @dataclass(frozen=True)
 class Installed:
     wheel: Path
+    source: Path
     python: Path
     bin: Path
     site_packages: Path
@@ -101,7 +102,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     (site_packages / "_outer_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
     workdir = root / "elsewhere"  # not the checkout: '' on sys.path must not find recc
     workdir.mkdir()
-    yield Installed(wheel, python, bin_dir, site_packages, workdir)
+    yield Installed(wheel, src, python, bin_dir, site_packages, workdir)
 
 
 def clean_env(installed: Installed) -> dict[str, str]:
@@ -117,14 +118,16 @@ def in_venv(installed: Installed, code: str) -> str:
 
 
 def test_every_source_file_is_in_the_wheel(installed: Installed) -> None:
-    """A new subpackage missing from pyproject's package list would silently not ship."""
+    """A new subpackage missing from pyproject's package list would silently not ship.
+
+    Compared with the copy the wheel was built from, not the live tree (others add files)."""
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     missing = []
     for source, target in SHIPPED.items():
-        for path in (REPO / source).rglob("*"):
+        for path in (installed.source / source).rglob("*"):
             if path.is_dir() or "__pycache__" in path.parts or path.suffix == ".pyc":
                 continue
-            relative = path.relative_to(REPO / source).as_posix()
+            relative = path.relative_to(installed.source / source).as_posix()
             if f"{target}/{relative}" not in names:
                 missing.append(f"{source}/{relative}")
     assert not missing, f"not in {installed.wheel.name}: {missing}"
@@ -158,7 +161,7 @@ def test_templates_and_data_are_inside_the_installed_package(installed: Installe
     found = json.loads(out)
     assert Path(found["root"]).is_relative_to(installed.site_packages)
     assert {f"{n}.yaml" for n in STANDARD_TEMPLATES} <= set(found["clusters"])
-    in_repo = {p.name for p in (REPO / "templates" / "k8s").glob("*.j2")}
+    in_repo = {p.name for p in (installed.source / "templates" / "k8s").glob("*.j2")}
     assert in_repo <= set(found["k8s"])
     assert "instance_types.csv" in found["data"]
     assert found["defaults"] and found["typed"]
