@@ -1,0 +1,848 @@
+"""The EKS backend: per cluster, a namespace and Dask resources (Kubernetes) and one managed
+node group per worker group (AWS), created in order, each step reversible, found again from
+tags and labels alone.
+
+Create (see DESIGN.md, "The cluster lifecycle"):
+
+1. identity: STS says who the caller is; that names the owner and the Kubernetes user bound
+   to the namespace's Role;
+2. in parallel: the Kubernetes objects (namespace, service account, RBAC, quota, network
+   policies, TLS Secret, DaskCluster and DaskWorkerGroups, in render order) | per worker group
+   a launch template and a managed node group;
+3. bounded waits, each with progress and its own timeout: node groups ACTIVE, nodes Ready,
+   scheduler reachable (load balancer, else port-forward), workers joined.
+
+Any failure undoes what was made (:class:`recc.lifecycle.Saga`), checks that nothing of the
+cluster is left, and raises one :class:`BackendError` naming the step, the reason, and what
+(if anything) must be removed by hand.
+
+Delete: Dask resources -> node groups scaled to 0 and deleted (waited for) -> launch
+templates -> namespace; every step idempotent and guarded by ``recc:managed-by=recc`` /
+``app.kubernetes.io/managed-by=recc``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from distributed.security import Security
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from recc import __version__, aws, config, nodegroups, state
+from recc.backends.base import ClusterStatus, Progress, no_progress
+from recc.errors import BackendError, ClusterNotFound, ConfigError
+from recc.estimate import Estimate
+from recc.kube import apply
+from recc.kube.apply import Ref
+from recc.kube.auth import kubernetes_user
+from recc.kube.client import api_client, eks_setting
+from recc.kube.connect import (
+    COMM_PORT_NAME,
+    PORT_FORWARD,
+    PortForwarder,
+    Route,
+    choose_route,
+    kubernetes_opener,
+    load_balancer_host,
+    scheduler_service,
+    service_ports,
+    tcp_reachable,
+)
+from recc.lifecycle import Leftover, Saga, StepFailed, describe, failure_message
+from recc.nodegroups import NodeGroupSpec
+from recc.plan import plan_cluster
+from recc.render import (
+    NODEGROUP_LABEL,
+    PlatformSettings,
+    TLSMaterial,
+    nodegroup_name,
+    render_manifests,
+)
+from recc.spec import ClusterSpec, build_spec
+from recc.state import ClusterRecord
+from recc.tags import (
+    CLUSTER_LABEL,
+    CLUSTER_TAG,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    Ownership,
+    aws_tags,
+    parse_rfc3339,
+)
+from recc.tls import TLSFiles, create_cluster_tls, write_tls
+from recc.waiting import Observation, Waiter
+
+SPEC_ANNOTATION = "recc.io/spec"
+COST_ANNOTATION = "recc.io/usd-per-hour"
+DASK_GROUP = "kubernetes.dask.org/v1"
+_MANAGED = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+
+
+# -- platform settings ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EKSPlatform:
+    """The ``recc.eks.*`` settings a cluster's creation needs, checked before anything exists."""
+
+    cluster_name: str
+    region: str
+    subnets: tuple[str, ...] = ()
+    node_role_arn: str = ""
+    security_groups: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, session: Any, for_create: bool = True) -> EKSPlatform:
+        """Read ``recc.eks.*``; :class:`ConfigError` names the first missing key."""
+        name = eks_setting("eks.cluster-name", "research-dask")
+        region = config.get("eks.region") or session.region_name
+        if not region:
+            eks_setting("eks.region", "eu-west-1")  # raises, saying where to set it
+        if not for_create:
+            return cls(name, region)
+        subnets = eks_setting("eks.subnets", '["subnet-0a1b2c3d4e5f60718"]')
+        role = eks_setting("eks.node-role-arn", "arn:aws:iam::111122223333:role/recc-node")
+        if isinstance(subnets, str):
+            subnets = [subnets]
+        return cls(
+            name,
+            region,
+            tuple(subnets),
+            role,
+            tuple(config.get("eks.security-groups") or ()),
+        )
+
+
+def _timeout(phase: str, default: float) -> tuple[float, str]:
+    key = f"eks.timeouts.{phase}"
+    return float(config.get(key, default=default)), f"recc.{key}"
+
+
+def _transient(error: BaseException) -> bool:
+    """Errors a wait retries: throttling, 5xx, dropped connections, timeouts."""
+    if isinstance(error, ApiException):
+        return error.status in (0, 429) or error.status >= 500
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = error.response.get("Error", {}).get("Code", "")
+        return status >= 500 or "Throttl" in code or code == "TooManyRequestsException"
+    return isinstance(error, (HTTPError, BotoCoreError, OSError, TimeoutError))
+
+
+# -- what exists of a cluster -----------------------------------------------------------------
+
+
+@dataclass
+class Found:
+    """The resources of one cluster found from tags and labels."""
+
+    name: str
+    namespace: dict[str, Any] | None = None
+    nodegroups: list[dict[str, Any]] = field(default_factory=list)
+    launch_templates: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.namespace or self.nodegroups or self.launch_templates)
+
+    def leftovers(self, platform: EKSPlatform) -> list[Leftover]:
+        """Each resource as a leftover, with the command that removes it by hand."""
+        out = [
+            Leftover(
+                f"node group {ng['nodegroupName']}",
+                f"still exists ({ng.get('status', '?')})",
+                _remove_nodegroup(platform, ng["nodegroupName"]),
+            )
+            for ng in self.nodegroups
+        ]
+        out += [
+            Leftover(
+                f"launch template {lt['LaunchTemplateName']}",
+                "still exists",
+                _remove_launch_template(platform, lt["LaunchTemplateName"]),
+            )
+            for lt in self.launch_templates
+        ]
+        if self.namespace is not None:
+            out.append(
+                Leftover(
+                    f"namespace {self.name}",
+                    "still exists",
+                    f"kubectl delete namespace {self.name}",
+                )
+            )
+        return out
+
+
+def _namespace_ref(name: str) -> Ref:
+    return Ref("v1", "Namespace", name)
+
+
+@dataclass
+class _Conn:
+    """The clients one operation uses: AWS (one session) and the Kubernetes API."""
+
+    session: Any
+    platform: EKSPlatform
+    eks: Any
+    ec2: Any
+    api: Any
+
+    def close(self) -> None:
+        self.api.close()
+
+
+# -- the backend ------------------------------------------------------------------------------
+
+
+class EKSBackend:
+    """Clusters on an existing EKS cluster (configured under ``recc.eks``).
+
+    Example
+    -------
+    >>> from recc import RECCCluster  # doctest: +SKIP
+    >>> with RECCCluster(backend="eks", n_workers=4) as cluster:  # doctest: +SKIP
+    ...     print(cluster.scheduler_address)
+    tls://internal-a1b2.elb.eu-west-1.amazonaws.com:8786
+    """
+
+    name = "eks"
+
+    def __init__(self) -> None:
+        # Port-forwards live as long as this backend object (RECCCluster holds it).
+        self._forwards: dict[str, PortForwarder] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _connect(for_create: bool = False) -> _Conn:
+        """Clients for one operation; config is checked first (ConfigError, nothing made)."""
+        session = aws.session()
+        platform = EKSPlatform.from_config(session, for_create)
+        return _Conn(
+            session,
+            platform,
+            session.client("eks", region_name=platform.region),
+            session.client("ec2", region_name=platform.region),
+            api_client(session),
+        )
+
+    @staticmethod
+    def _waiter(cancelled: threading.Event | None = None) -> Waiter:
+        return Waiter(
+            maximum=float(config.get("eks.poll-interval", default=10)), cancelled=cancelled
+        )
+
+    # -- create -----------------------------------------------------------------------------
+
+    def create(
+        self, record: ClusterRecord, estimate: Estimate, progress: Progress = no_progress
+    ) -> ClusterRecord:
+        """Create cluster ``record.name`` as ``estimate`` plans it; undo everything on failure."""
+        if estimate.plan is None:
+            raise BackendError("the EKS backend needs a node plan: use recc.estimate.estimate()")
+        name = record.name
+        prefix = config.get("eks.namespace-prefix")
+        if prefix and not name.startswith(prefix):
+            raise ConfigError(
+                f"name={name!r}: this platform only allows namespaces starting with {prefix!r} "
+                f"(recc.eks.namespace-prefix; for example: name={prefix + name!r})"
+            )
+        settings = PlatformSettings.from_config()
+        with closing(self._connect(for_create=True)) as conn:
+            if self._discover(conn, name):
+                raise BackendError(
+                    f"a cluster named {name!r} exists already (see `recc ls`; remove it with "
+                    f"`recc down {name}`)"
+                )
+            saga = Saga()
+            try:
+                return self._create(saga, conn, record, estimate, settings, progress)
+            except BaseException as e:
+                attempted = bool(saga.completed)
+                leftovers = saga.rollback()
+                self._stop_forward(name)
+                if attempted:
+                    leftovers += self._residue(conn, name, leftovers)
+                if not leftovers:
+                    state.remove(name)
+                if not isinstance(e, StepFailed) and (
+                    not attempted or not isinstance(e, Exception)
+                ):
+                    raise  # nothing was made, or KeyboardInterrupt/SystemExit after the rollback
+                step, cause = (e.step, e.cause) if isinstance(e, StepFailed) else ("preparing", e)
+                message = failure_message(
+                    f"creating cluster {name!r}", step, cause, leftovers, f"recc down {name}"
+                )
+                raise BackendError(message) from cause
+
+    def _create(
+        self,
+        saga: Saga,
+        conn: _Conn,
+        record: ClusterRecord,
+        estimate: Estimate,
+        settings: PlatformSettings,
+        progress: Progress,
+    ) -> ClusterRecord:
+        name, spec, plan = record.name, estimate.spec, estimate.plan
+        assert plan is not None
+        sts = conn.session.client("sts", region_name=conn.platform.region)
+        identity = saga.run("identity", sts.get_caller_identity)
+        user = kubernetes_user(identity["Arn"], config.get("eks.user-map", default={}))
+        owner = Ownership(
+            cluster=name,
+            user=user,
+            namespace=name,
+            created_at=parse_rfc3339(record.created_at),
+            job=spec.job,
+            idle_timeout=spec.idle_timeout,
+            max_lifetime=spec.max_lifetime,
+        )
+        service = scheduler_service(name)
+        tls = create_cluster_tls(
+            name,
+            state.cluster_dir(name) / "tls",
+            hostnames=(f"{service}.{name}.svc.cluster.local", service, "localhost", "127.0.0.1"),
+        )
+        manifests = render_manifests(
+            spec, plan, owner, settings, TLSMaterial(*tls.pem()), owner_subject=user
+        )
+        _annotate_namespace(manifests, spec, record.usd_per_hour)
+        ngs = nodegroups.nodegroup_specs(
+            name,
+            plan,
+            aws_tags(owner, __version__, spec.tags),
+            conn.platform.cluster_name,
+            conn.platform.subnets,
+            conn.platform.node_role_arn,
+            conn.platform.security_groups,
+        )
+        record.owner = user
+        record.details = {
+            "eks_cluster": conn.platform.cluster_name,
+            "namespace": name,
+            "nodegroups": [ng.name for ng in ngs],
+            "caller_arn": identity["Arn"],
+        }
+        state.save(record)  # a cache only: tags and labels decide
+
+        # The Kubernetes objects go in while the node groups boot.
+        counter = _Counter(progress, "resources created", len(manifests) + 2 * len(ngs))
+        saga.parallel(
+            lambda: self._apply_objects(saga, conn, manifests, counter),
+            lambda: self._create_nodegroups(saga, conn, ngs, counter),
+        )
+        waiter = self._waiter(saga.aborted)
+        sizes = {ng.name: ng.instances for ng in ngs}
+        saga.run("node groups active", lambda: self._wait_active(waiter, conn, sizes, progress))
+        saga.run("nodes ready", lambda: self._wait_nodes(waiter, conn, sizes, progress))
+        route = saga.run(
+            "scheduler reachable", lambda: self._wait_scheduler(waiter, conn, name, progress)
+        )
+        record.scheduler_address = route.address
+        record.dashboard_link = route.dashboard_link
+        record.details["route"] = route.kind
+        saga.run(
+            "workers joined",
+            lambda: self._wait_workers(
+                waiter, route.address, tls.security(), spec.total_workers, progress
+            ),
+        )
+        state.save(record)
+        return record
+
+    def _apply_objects(
+        self, saga: Saga, conn: _Conn, manifests: list[dict[str, Any]], counter: _Counter
+    ) -> None:
+        for doc in manifests:
+            ref = Ref.of(doc)
+            saga.run(
+                str(ref),
+                lambda doc=doc: apply.create(conn.api, doc),
+                undo=lambda ref=ref: apply.delete(conn.api, ref),
+                remedy=ref.kubectl_delete(),
+            )
+            counter.step()
+
+    def _create_nodegroups(
+        self, saga: Saga, conn: _Conn, ngs: list[NodeGroupSpec], counter: _Counter
+    ) -> None:
+        for ng in ngs:
+            template_id = saga.run(
+                f"launch template {ng.name}",
+                lambda ng=ng: nodegroups.create_launch_template(conn.ec2, ng),
+                undo=lambda ng=ng: nodegroups.delete_launch_template(conn.ec2, ng.name),
+                remedy=_remove_launch_template(conn.platform, ng.name),
+            )
+            counter.step()
+            saga.run(
+                f"node group {ng.name}",
+                lambda ng=ng, lt=template_id: nodegroups.create_nodegroup(conn.eks, ng, lt),
+                undo=lambda ng=ng: self._delete_nodegroups(conn, [ng.name]),
+                remedy=_remove_nodegroup(conn.platform, ng.name),
+            )
+            counter.step()
+
+    # -- waits ------------------------------------------------------------------------------
+
+    def _wait_active(
+        self, waiter: Waiter, conn: _Conn, sizes: dict[str, int], progress: Progress
+    ) -> None:
+        def probe() -> Observation:
+            active, pending = 0, []
+            for name in sizes:
+                found = nodegroups.describe_nodegroup(conn.eks, conn.platform.cluster_name, name)
+                if found is None:
+                    raise BackendError(f"node group {name} disappeared while being created")
+                if nodegroups.check_active(found):  # raises when it failed
+                    active += 1
+                else:
+                    pending.append(f"{name} is {found.get('status')}")
+            return Observation(active, len(sizes), ", ".join(pending))
+
+        timeout, setting = _timeout("nodegroup-active", 900)
+        waiter.until("node groups active", probe, timeout, progress, setting, _transient)
+
+    def _wait_nodes(
+        self, waiter: Waiter, conn: _Conn, sizes: dict[str, int], progress: Progress
+    ) -> None:
+        wanted = sum(sizes.values())
+        selector = f"{NODEGROUP_LABEL} in ({','.join(sizes)})"
+
+        def probe() -> Observation:
+            nodes = apply.list_objects(conn.api, "v1", "Node", label_selector=selector)
+            ready = sum(_node_ready(n) for n in nodes)
+            return Observation(ready, wanted, f"{len(nodes)} nodes registered, {ready} Ready")
+
+        timeout, setting = _timeout("nodes-ready", 600)
+        waiter.until("nodes ready", probe, timeout, progress, setting, _transient)
+
+    def _wait_scheduler(self, waiter: Waiter, conn: _Conn, name: str, progress: Progress) -> Route:
+        grace = float(config.get("eks.load-balancer-grace", default=120))
+        started = time.monotonic()
+        found: list[Route] = []
+
+        def probe() -> Observation:
+            route = self._route(conn, name, grace, time.monotonic() - started)
+            if isinstance(route, str):
+                return Observation(0, 1, route)
+            found.append(route)
+            return Observation(1, 1)
+
+        timeout, setting = _timeout("scheduler-reachable", 300)
+        waiter.until("scheduler reachable", probe, timeout, progress, setting, _transient)
+        return found[-1]
+
+    def _route(self, conn: _Conn, name: str, grace: float, waited: float) -> Route | str:
+        """The way to ``name``'s scheduler (load balancer or port-forward), or why none yet."""
+        service = apply.read(conn.api, Ref("v1", "Service", scheduler_service(name), name))
+        mode = config.get("eks.connect", default="auto")
+        route = choose_route(service, tcp_reachable, waited, grace, mode)
+        if route is None:
+            if service is None:
+                return (
+                    f"no Service {scheduler_service(name)} yet (is the dask-kubernetes operator "
+                    f"running in namespace {config.get('eks.operator-namespace')}?)"
+                )
+            return "the scheduler's load balancer has no reachable address yet"
+        if route.kind != PORT_FORWARD:
+            return route
+        pods = apply.list_objects(
+            conn.api,
+            "v1",
+            "Pod",
+            name,
+            label_selector=f"dask.org/cluster-name={name},dask.org/component=scheduler",
+        )
+        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        if not running:
+            return "no reachable load balancer, and the scheduler pod is not running yet"
+        pod = running[0]["metadata"]["name"]
+        ports = {"comm": route.port, "dashboard": route.dashboard_port}
+        local = {
+            part: self._forward(f"{name}/{part}", kubernetes_opener(conn.api, name, pod, port))
+            for part, port in ports.items()
+            if port
+        }
+        return Route(PORT_FORWARD, "127.0.0.1", local["comm"], local.get("dashboard"))
+
+    def _forward(self, key: str, opener: Callable[[], Any]) -> int:
+        with self._lock:
+            if key not in self._forwards:
+                self._forwards[key] = PortForwarder(opener, name=f"recc-forward-{key}")
+            return self._forwards[key].port
+
+    def _stop_forward(self, name: str) -> None:
+        with self._lock:
+            keys = [k for k in self._forwards if k.startswith(f"{name}/")]
+            stopping = [self._forwards.pop(k) for k in keys]
+        for forward in stopping:
+            forward.stop()
+
+    def _wait_workers(
+        self, waiter: Waiter, address: str, security: Security, wanted: int, progress: Progress
+    ) -> None:
+        from distributed import Client
+
+        timeout, setting = _timeout("workers-joined", 600)
+        with Client(address, security=security, timeout=min(timeout, 60)) as client:
+
+            def probe() -> Observation:
+                return Observation(len(client.scheduler_info(n_workers=-1)["workers"]), wanted)
+
+            waiter.until("workers joined", probe, timeout, progress, setting, _transient)
+
+    # -- scale ------------------------------------------------------------------------------
+
+    def scale(self, record: ClusterRecord, n_workers: int) -> ClusterRecord:
+        """Run ``n_workers`` workers in the default group.
+
+        Growing resizes the default node group from a new plan first and waits for its nodes,
+        then for the workers. Shrinking retires workers but keeps the nodes: EKS picks which
+        instances a smaller node group terminates, and that could be the scheduler's (the
+        nodes go when the cluster is deleted).
+        """
+        from recc.catalog import get_catalog
+
+        spec = build_spec(record.spec).replace(n_workers=max(n_workers, 1))
+        wanted = plan_cluster(spec, get_catalog()).groups[0].instances
+        group = nodegroup_name(record.name, "default")
+        waiter = self._waiter()
+        with closing(self._connect()) as conn:
+            cluster_ref = Ref(DASK_GROUP, "DaskCluster", record.name, record.name)
+            if apply.read(conn.api, cluster_ref) is None:
+                raise ClusterNotFound(f"cluster {record.name!r} has no DaskCluster (`recc ls`)")
+            current = nodegroups.describe_nodegroup(conn.eks, conn.platform.cluster_name, group)
+            have = ((current or {}).get("scalingConfig") or {}).get("desiredSize", 0)
+            if wanted > have:
+                nodegroups.scale_nodegroup(conn.eks, conn.platform.cluster_name, group, wanted)
+                self._wait_active(waiter, conn, {group: wanted}, no_progress)
+                self._wait_nodes(waiter, conn, {group: wanted}, no_progress)
+            apply.patch(conn.api, cluster_ref, {"spec": {"worker": {"replicas": n_workers}}})
+            record.spec = spec.to_dict()
+            annotations = {SPEC_ANNOTATION: json.dumps(record.spec, sort_keys=True)}
+            apply.patch(
+                conn.api, _namespace_ref(record.name), {"metadata": {"annotations": annotations}}
+            )
+        if n_workers > 0 and record.scheduler_address:
+            total = n_workers + sum(g.n_workers for g in spec.worker_groups)
+            self._wait_workers(
+                waiter, record.scheduler_address, self.security(record), total, no_progress
+            )
+        state.save(record)
+        return record
+
+    # -- discovery --------------------------------------------------------------------------
+
+    def _discover(self, conn: _Conn, name: str) -> Found:
+        """Everything of cluster ``name``, by its labels and tags."""
+        namespace = apply.read(conn.api, _namespace_ref(name))
+        labels = ((namespace or {}).get("metadata") or {}).get("labels") or {}
+        if labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE or labels.get(CLUSTER_LABEL) != name:
+            namespace = None  # somebody else's namespace of that name is not ours to report
+        return Found(
+            name,
+            namespace,
+            nodegroups.find_nodegroups(conn.eks, conn.platform.cluster_name, name),
+            nodegroups.find_launch_templates(conn.ec2, name),
+        )
+
+    def _discover_all(self, conn: _Conn) -> dict[str, Found]:
+        """Every RECC cluster on the platform, by labels and tags."""
+        everything: dict[str, Found] = {}
+        for ns in apply.list_objects(conn.api, "v1", "Namespace", label_selector=_MANAGED):
+            cluster = (ns["metadata"].get("labels") or {}).get(CLUSTER_LABEL)
+            if cluster == ns["metadata"]["name"]:
+                everything.setdefault(cluster, Found(cluster)).namespace = ns
+        for ng in nodegroups.find_nodegroups(conn.eks, conn.platform.cluster_name):
+            cluster = ng["tags"].get(CLUSTER_TAG)
+            everything.setdefault(cluster, Found(cluster)).nodegroups.append(ng)
+        for lt in nodegroups.find_launch_templates(conn.ec2):
+            cluster = _tag_map(lt).get(CLUSTER_TAG)
+            everything.setdefault(cluster, Found(cluster)).launch_templates.append(lt)
+        return everything
+
+    def _residue(self, conn: _Conn, name: str, known: list[Leftover]) -> list[Leftover]:
+        """What of cluster ``name`` still exists after a rollback, beyond ``known``."""
+        try:
+            found = self._discover(conn, name)
+        except Exception as e:  # noqa: BLE001 - the check failed: say so, never claim success
+            return [Leftover("checking for leftovers", describe(e), f"recc down {name}")]
+        seen = {left.step for left in known}
+        return [left for left in found.leftovers(conn.platform) if left.step not in seen]
+
+    def _record(self, found: Found, platform: EKSPlatform) -> ClusterRecord:
+        """A record from what was found (the namespace's annotations, else AWS tags)."""
+        annotations = ((found.namespace or {}).get("metadata") or {}).get("annotations") or {}
+        tags: dict[str, str] = {}
+        if found.nodegroups:
+            tags = found.nodegroups[0].get("tags") or {}
+        elif found.launch_templates:
+            tags = _tag_map(found.launch_templates[0])
+        spec = annotations.get(SPEC_ANNOTATION)
+        if spec is None and state.exists(found.name):  # a partial cluster: the cache may know
+            spec = json.dumps(state.load(found.name).spec)
+        return ClusterRecord(
+            name=found.name,
+            backend=self.name,
+            owner=annotations.get("recc.io/user") or tags.get("recc:user") or "unknown",
+            created_at=annotations.get("recc.io/created-at") or tags.get("recc:created-at", ""),
+            spec=json.loads(spec) if spec else {},
+            usd_per_hour=float(annotations.get(COST_ANNOTATION) or 0.0),
+            details={
+                "eks_cluster": platform.cluster_name,
+                "namespace": found.name if found.namespace else None,
+                "nodegroups": [ng["nodegroupName"] for ng in found.nodegroups],
+                "launch_templates": [lt["LaunchTemplateName"] for lt in found.launch_templates],
+                "complete": found.namespace is not None and bool(found.nodegroups),
+            },
+        )
+
+    def find(self, name: str) -> ClusterRecord:
+        """The cluster called ``name``, from tags and labels, with a way to its scheduler
+        (raises :class:`ClusterNotFound`)."""
+        with closing(self._connect()) as conn:
+            found = self._discover(conn, name)
+            if not found:
+                raise ClusterNotFound(f"no EKS cluster named {name!r} (see `recc ls`)")
+            record = self._record(found, conn.platform)
+            if found.namespace is not None:
+                # The cluster is up: there is no load balancer to wait for.
+                route = self._route(conn, name, grace=0.0, waited=0.0)
+                if isinstance(route, Route):
+                    record.scheduler_address = route.address
+                    record.dashboard_link = route.dashboard_link
+                    record.details["route"] = route.kind
+        return record
+
+    def list(self) -> list[ClusterRecord]:
+        """Every RECC cluster on the platform (everyone's), oldest first; addresses are the
+        load balancers' (no port-forward is opened for a listing)."""
+        records = []
+        with closing(self._connect()) as conn:
+            for found in self._discover_all(conn).values():
+                record = self._record(found, conn.platform)
+                if found.namespace is not None:
+                    ref = Ref("v1", "Service", scheduler_service(found.name), found.name)
+                    service = apply.read(conn.api, ref) or {}
+                    host = load_balancer_host(service)
+                    port = service_ports(service).get(COMM_PORT_NAME)
+                    if host and port:
+                        record.scheduler_address = f"tls://{host}:{port}"
+                records.append(record)
+        return sorted(records, key=lambda r: r.created_at)
+
+    def status(self, record: ClusterRecord) -> ClusterStatus:
+        """running / starting / failed, from the DaskCluster and the node groups; workers as
+        the scheduler counts them (0 when it cannot be reached)."""
+        with closing(self._connect()) as conn:
+            dask = apply.read(conn.api, Ref(DASK_GROUP, "DaskCluster", record.name, record.name))
+            for group in record.details.get("nodegroups") or []:
+                ng = nodegroups.describe_nodegroup(conn.eks, conn.platform.cluster_name, group)
+                if ng is None:
+                    return ClusterStatus("failed", 0, f"node group {group} is missing")
+                try:
+                    nodegroups.check_active(ng)
+                except BackendError as e:
+                    return ClusterStatus("failed", 0, str(e))
+        if dask is None:
+            return ClusterStatus("failed", 0, "no DaskCluster: partly created, or being deleted")
+        phase = (dask.get("status") or {}).get("phase")
+        if phase != "Running":
+            starting = phase in (None, "Created", "Pending")
+            return ClusterStatus("starting" if starting else "failed", 0, f"DaskCluster {phase}")
+        if not record.scheduler_address:
+            return ClusterStatus("running", 0, "no scheduler address (see `recc ls`)")
+        from distributed import Client
+
+        try:
+            with Client(record.scheduler_address, security=self.security(record), timeout=10) as c:
+                return ClusterStatus("running", len(c.scheduler_info(n_workers=-1)["workers"]))
+        except (OSError, TimeoutError) as e:
+            return ClusterStatus("running", 0, f"scheduler unreachable: {e}")
+
+    def security(self, record: ClusterRecord) -> Security:
+        """The cluster's TLS: the local files if this machine has them, else its Secret's."""
+        directory = state.cluster_dir(record.name) / "tls"
+        files = TLSFiles.in_dir(directory)
+        if all(p.is_file() for p in (files.ca_file, files.cert_file, files.key_file)):
+            return files.security()
+        with closing(self._connect()) as conn:
+            secret = apply.read(conn.api, Ref("v1", "Secret", f"{record.name}-tls", record.name))
+        if secret is None:
+            raise ClusterNotFound(f"cluster {record.name!r} has no Secret {record.name}-tls")
+        pems = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        return write_tls(directory, pems["ca.crt"], pems["tls.crt"], pems["tls.key"]).security()
+
+    def logs(self, record: ClusterRecord, worker: str | None = None) -> dict[str, str]:
+        """Log text of each pod of the cluster (``worker``: pods whose name contains it)."""
+        import kubernetes.client
+
+        out = {}
+        with closing(self._connect()) as conn:
+            core = kubernetes.client.CoreV1Api(conn.api)
+            for pod in apply.list_objects(conn.api, "v1", "Pod", record.name):
+                pod_name = pod["metadata"]["name"]
+                if worker is None or worker in pod_name:
+                    out[pod_name] = core.read_namespaced_pod_log(
+                        pod_name, record.name, _request_timeout=apply.request_timeout()
+                    )
+        return out
+
+    # -- delete -----------------------------------------------------------------------------
+
+    def delete(self, name: str) -> bool:
+        """Remove every trace of cluster ``name``; False when there was nothing to remove.
+
+        Order: Dask resources, node groups (scaled to 0, deleted, waited for), launch
+        templates, namespace. Safe to run again after a failure or a crash midway: each step
+        skips what is gone. Raises :class:`BackendError` listing what could not be removed.
+        """
+        self._stop_forward(name)
+        problems: list[Leftover] = []
+
+        def attempt(step: str, action: Callable[[], Any], remedy: str) -> bool:
+            try:
+                action()
+                return True
+            except Exception as e:  # noqa: BLE001 - go on removing the rest; report this one
+                problems.append(Leftover(step, describe(e), remedy))
+                return False
+
+        with closing(self._connect()) as conn:
+            found = self._discover(conn, name)
+            if not found:
+                existed = state.exists(name)
+                state.remove(name)
+                return existed
+            if found.namespace is not None:
+                for kind in ("DaskWorkerGroup", "DaskCluster"):
+                    for obj in apply.list_objects(conn.api, DASK_GROUP, kind, name, _MANAGED):
+                        ref = Ref.of(obj)
+                        attempt(
+                            str(ref),
+                            lambda ref=ref: apply.delete(conn.api, ref),
+                            ref.kubectl_delete(),
+                        )
+            groups = [ng["nodegroupName"] for ng in found.nodegroups]
+            groups_gone = attempt(
+                f"node groups {', '.join(groups)}",
+                lambda: self._delete_nodegroups(conn, groups),
+                "; ".join(_remove_nodegroup(conn.platform, g) for g in groups),
+            )
+            for lt in found.launch_templates:
+                step = f"launch template {lt['LaunchTemplateName']}"
+                remedy = _remove_launch_template(conn.platform, lt["LaunchTemplateName"])
+                if groups_gone:  # a node group still using it would break
+                    attempt(
+                        step,
+                        lambda lt=lt: nodegroups.delete_launch_template(
+                            conn.ec2, lt["LaunchTemplateName"]
+                        ),
+                        remedy,
+                    )
+                else:
+                    problems.append(Leftover(step, "kept while its node group exists", remedy))
+            if found.namespace is not None:
+                attempt(
+                    f"namespace {name}",
+                    lambda: apply.delete(conn.api, _namespace_ref(name)),
+                    f"kubectl delete namespace {name}",
+                )
+        if problems:
+            first = problems[0]
+            raise BackendError(
+                failure_message(
+                    f"deleting cluster {name!r}",
+                    first.step,
+                    first.error,
+                    problems,
+                    f"recc down {name}",
+                )  # fmt: skip
+            )
+        state.remove(name)
+        return True
+
+    def _delete_nodegroups(self, conn: _Conn, names: list[str]) -> None:
+        """Scale each node group to 0 and delete it; wait (bounded) until all are gone."""
+        if not names:
+            return
+
+        def probe() -> Observation:
+            gone, pending = 0, []
+            for group in names:
+                try:
+                    outcome = nodegroups.delete_nodegroup(
+                        conn.eks, conn.platform.cluster_name, group
+                    )
+                except ClientError as e:
+                    if e.response.get("Error", {}).get("Code") != "ResourceInUseException":
+                        raise
+                    outcome = "busy"  # creating or updating: deletable once that ends
+                if outcome == nodegroups.ABSENT:
+                    gone += 1
+                else:
+                    pending.append(f"{group} {outcome}")
+            return Observation(gone, len(names), ", ".join(pending))
+
+        timeout, setting = _timeout("nodegroup-deleted", 1200)
+        self._waiter().until(
+            "node groups deleted", probe, timeout, no_progress, setting, _transient
+        )
+
+
+class _Counter:
+    """Progress of steps that finish in parallel branches."""
+
+    def __init__(self, progress: Progress, phase: str, total: int):
+        self._progress, self._phase, self._total = progress, phase, total
+        self._done = 0
+        self._lock = threading.Lock()
+        progress(phase, 0, total)
+
+    def step(self) -> None:
+        with self._lock:
+            self._done += 1
+            self._progress(self._phase, self._done, self._total)
+
+
+def _annotate_namespace(manifests: list[dict[str, Any]], spec: ClusterSpec, usd: float) -> None:
+    """Keep the spec and the estimate on the namespace, so any machine can rebuild the record."""
+    for doc in manifests:
+        if doc["kind"] == "Namespace":
+            doc["metadata"].setdefault("annotations", {}).update(
+                {
+                    SPEC_ANNOTATION: json.dumps(spec.to_dict(), sort_keys=True),
+                    COST_ANNOTATION: f"{usd:.4f}",
+                }
+            )
+
+
+def _remove_nodegroup(platform: EKSPlatform, name: str) -> str:
+    return (
+        f"aws eks delete-nodegroup --cluster-name {platform.cluster_name} "
+        f"--nodegroup-name {name} --region {platform.region}"
+    )
+
+
+def _remove_launch_template(platform: EKSPlatform, name: str) -> str:
+    return (
+        f"aws ec2 delete-launch-template --launch-template-name {name} --region {platform.region}"
+    )
+
+
+def _tag_map(resource: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in resource.get("Tags") or []}
+
+
+def _node_ready(node: dict[str, Any]) -> bool:
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
