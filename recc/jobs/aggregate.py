@@ -105,6 +105,13 @@ class Capacity:
     scale: float  # MEMORY units (MiB) to request per MiB a task needs
     largest: float  # the largest MEMORY any worker offers
     resource: str
+    usable_mib: float = 0.0  # the most memory one task may use on the roomiest worker
+    overhead_mib: float = 0.0  # what that worker's process already uses
+    pause: float = 0.8
+
+    def worker_memory_for(self, need_mib: float) -> int:
+        """Worker memory (MiB, rounded up to 256) at which a task of ``need_mib`` fits."""
+        return math.ceil((need_mib + self.overhead_mib) / self.pause / 256) * 256
 
 
 def cluster_capacity(client: Client, resource: str = "MEMORY") -> Capacity:
@@ -120,6 +127,7 @@ def cluster_capacity(client: Client, resource: str = "MEMORY") -> Capacity:
         raise RECCError("the cluster has no workers; start some (e.g. recc up --n-workers 2)")
     pause = client.run(lambda: dask.config.get("distributed.worker.memory.pause"))
     slots, scale, largest = 0, 0.0, 0.0
+    roomiest = (0.0, 0.0, 0.8)
     for addr, info in workers.items():
         slots += int(info.get("nthreads", 1))
         offered = (info.get("resources") or {}).get(resource)
@@ -136,13 +144,15 @@ def cluster_capacity(client: Client, resource: str = "MEMORY") -> Capacity:
         if usable <= 0:
             continue
         scale = max(scale, float(offered) / usable)
+        if usable > roomiest[0]:
+            roomiest = (usable, in_use, float(fraction))
     if not largest or not scale:
         raise RECCError(
             f"no worker offers the {resource!r} resource with memory to spare, so the job "
             "cannot bound its memory; RECC workers offer it by default, others need it "
             f"declared, e.g. dask worker --resources '{resource}=1536'"
         )
-    return Capacity(slots, scale, largest, resource)
+    return Capacity(slots, scale, largest, resource, *roomiest)
 
 
 def read_groups(store: DataStore, input: str | None, manifest: str | None) -> dict[str, list[str]]:
@@ -325,11 +335,11 @@ class _Job:
         if request > self.capacity.largest:
             need_mib = math.ceil(biggest.need_bytes / MiB)
             self._fail(group, (
-                f"a task of this group needs {need_mib} MiB ({biggest.max_rows} rows to sum), "
-                f"which is {request} units of {self.resource} on this cluster, but the largest "
-                f"worker offers {self.capacity.largest:g}; use bigger workers, e.g. "
-                f"--worker-memory {max(2, math.ceil(request / self.capacity.largest * 1.5))}"
-                "x the current size"))
+                f"a task of this group needs {need_mib} MiB ({biggest.max_rows:,} rows to sum) "
+                f"but the largest worker offers {self.capacity.largest:g} {self.resource}, "
+                f"enough for {self.capacity.usable_mib:.0f} MiB below its pause threshold; use "
+                f"workers with more memory, e.g. --worker-memory "
+                f"{self.capacity.worker_memory_for(need_mib)}MiB"))
             return
         self.plans[group] = plan
         result.memory_mib = request

@@ -76,8 +76,9 @@ def reserved_rows(facts: list[FileFacts], key_growth: float) -> int:
 
 
 def _unit(group: str, name: str, facts: list[FileFacts], output: str, final: bool,
-          files: int, key_growth: float, exact: bool) -> Unit:
-    rows = reserved_rows(facts, key_growth) if not exact else max(1, sum(f.rows for f in facts))
+          files: int, key_growth: float, exact: bool, rows: int | None = None) -> Unit:
+    if rows is None:
+        rows = reserved_rows(facts, key_growth) if not exact else max(1, sum(f.rows for f in facts))
     need = task_bytes(rows, max((f.size for f in facts), default=0),
                       max((f.key_bytes for f in facts), default=0))
     return Unit(group, name, tuple(f.url for f in facts), output, final, files, rows, need)
@@ -107,7 +108,10 @@ def plan_group(
         lanes.append(lane)
         # A partial holds (at most) its lane's reserved rows, as uncompressed IPC.
         partials.append(FileFacts(url, lane.max_rows, lane.max_rows * 24, 0, None))
-    final = _unit(group, "final", partials, output, True, 0, key_growth, exact)
+    # The group's keys, not the partials' (already grown) reservations, bound the final sum.
+    rows = min(sum(p.rows for p in partials),
+               reserved_rows(facts, key_growth) if not exact else sum(f.rows for f in facts))
+    final = _unit(group, "final", partials, output, True, 0, key_growth, exact, max(1, rows))
     return GroupPlan(group, len(facts), output, tuple(lanes), final)
 
 
