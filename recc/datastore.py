@@ -20,8 +20,9 @@ Configuration lives in dask config under ``recc.datastore`` (``~/.config/dask/*.
         storage-options:             # fsspec options for plain URLs, per protocol
           s3: {endpoint_url: http://127.0.0.1:5000}
 
-for example ``DASK_RECC__DATASTORE__READ='["LOCAL", "S3"]'`` and
-``DASK_RECC__DATASTORE__STORES__S3__URL=s3://bank-sims/recc``.
+for example ``DASK_RECC__DATASTORE__READ=LOCAL,S3`` and
+``DASK_RECC__DATASTORE__STORES__S3__URL=s3://bank-sims/recc`` (store names are
+case-insensitive).
 
 >>> store = DataStore.from_config()
 >>> with store.atomic_write("/tmp/recc-doc/out.txt") as f:  # doctest: +SKIP
@@ -110,7 +111,9 @@ class DataStore:
         conf = dict(dask.config.get("recc.datastore", default={}) or {})
         conf.update({k.replace("_", "-"): v for k, v in overrides.items() if v is not None})
         stores = {}
+        # Store names are case-insensitive: dask lower-cases keys read from the environment.
         for name, spec in (conf.get("stores") or {}).items():
+            name = str(name).upper()
             if isinstance(spec, str):
                 spec = {"url": spec}
             if not isinstance(spec, Mapping) or not spec.get("url"):
@@ -273,5 +276,5 @@ def _names(value: Any) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
+        value = value.split(",")
+    return [str(v).strip().upper() for v in value if str(v).strip()]
