@@ -105,9 +105,13 @@ class LocalBackend:
             tls = create_cluster_tls(record.name, directory / "tls")
             record.details = {"scheduler": None, "hosts": [], "batches": 0}
             state.save(record)  # recorded before anything runs, so `recc down` finds it
-            self._start_scheduler(record, estimate.spec, tls, progress)
+            # Workers start beside the scheduler and find it through its file: both pay their
+            # interpreter start-up at the same time instead of one after the other.
+            self._spawn_scheduler(record, estimate.spec, tls)
             for group in estimate.spec.groups():
                 self._start_workers(record, estimate.spec, group, group.n_workers, tls)
+            state.save(record)
+            self._await_scheduler(record, progress)
             state.save(record)
             self._wait_for_workers(record, estimate.spec.total_workers, progress)
             return record
@@ -153,10 +157,12 @@ class LocalBackend:
             str(tls.key_file),
         ]
 
-    def _start_scheduler(
-        self, record: ClusterRecord, spec: ClusterSpec, tls: TLSFiles, progress: Progress
-    ) -> None:
-        scheduler_file = state.cluster_dir(record.name) / "scheduler.json"
+    @staticmethod
+    def _scheduler_file(record: ClusterRecord) -> Path:
+        return state.cluster_dir(record.name) / "scheduler.json"
+
+    def _spawn_scheduler(self, record: ClusterRecord, spec: ClusterSpec, tls: TLSFiles) -> None:
+        scheduler_file = self._scheduler_file(record)
         args = [
             "distributed.cli.dask_scheduler",
             "--host",
@@ -176,6 +182,10 @@ class LocalBackend:
         ref = self._spawn(record, args, "scheduler.log", self._command_env(spec))
         record.details["scheduler"] = ref
         state.save(record)
+
+    def _await_scheduler(self, record: ClusterRecord, progress: Progress) -> None:
+        scheduler_file = self._scheduler_file(record)
+        ref = record.details["scheduler"]
         progress("scheduler", 0, 1)
         deadline = time.monotonic() + self.start_timeout
         while not scheduler_file.is_file():
@@ -213,9 +223,15 @@ class LocalBackend:
         record.details["batches"] = batch + 1
         resources = " ".join(f"{k}={v:g}" for k, v in worker_resources(group).items())
         prefix = f"{record.name}-{group.name}-{batch}"
+        # Before the scheduler is up its address is unknown: workers then read its file.
+        where = (
+            [record.scheduler_address]
+            if record.scheduler_address
+            else ["--scheduler-file", str(self._scheduler_file(record))]
+        )
         args = [
             "distributed.cli.dask_worker",
-            record.scheduler_address,
+            *where,
             "--nworkers",
             str(count),
             "--nthreads",
