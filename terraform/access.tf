@@ -86,11 +86,29 @@ resource "aws_iam_policy" "researcher" {
       {
         Sid      = "CreateRECCNodegroups"
         Effect   = "Allow"
-        Action   = ["eks:CreateNodegroup", "eks:TagResource"]
+        Action   = "eks:CreateNodegroup"
         Resource = [local.cluster_arn, local.nodegroup_arns]
         Condition = {
           StringEquals = { "aws:RequestTag/${local.managed_by_key}" = local.managed_by_value }
         }
+      },
+      {
+        # Node groups only, never the cluster; and see the Deny below.
+        Sid      = "TagRECCNodegroups"
+        Effect   = "Allow"
+        Action   = "eks:TagResource"
+        Resource = local.nodegroup_arns
+        Condition = {
+          StringEquals = { "aws:RequestTag/${local.managed_by_key}" = local.managed_by_value }
+        }
+      },
+      {
+        # Tagging the platform's own node group recc:managed-by = recc would otherwise make it
+        # deletable through the statements above.
+        Sid      = "NeverTouchTheSystemNodegroup"
+        Effect   = "Deny"
+        Action   = ["eks:TagResource", "eks:UntagResource", "eks:UpdateNodegroupConfig", "eks:DeleteNodegroup"]
+        Resource = "arn:${local.partition}:eks:${local.region}:${local.account_id}:nodegroup/${var.name}/${local.system_nodegroup}/*"
       },
       {
         Sid      = "ManageRECCNodegroups"

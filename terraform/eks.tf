@@ -99,7 +99,7 @@ resource "aws_iam_openid_connect_provider" "eks" {
 
 resource "aws_eks_node_group" "system" {
   cluster_name    = aws_eks_cluster.this.name
-  node_group_name = "recc-system"
+  node_group_name = local.system_nodegroup
   node_role_arn   = aws_iam_role.node.arn
   subnet_ids      = local.private_subnet_ids
   instance_types  = var.system_node_instance_types

@@ -28,6 +28,7 @@ locals {
   # activated because the cluster budget filters on it.
   cost_allocation_tags = ["recc:cluster", "recc:user", "recc:namespace", "recc:job", "recc:managed-by"]
 
+  system_nodegroup     = "recc-system"
   cluster_arn          = "arn:${local.partition}:eks:${local.region}:${local.account_id}:cluster/${var.name}"
   nodegroup_arns       = "arn:${local.partition}:eks:${local.region}:${local.account_id}:nodegroup/${var.name}/*/*"
   launch_template_arns = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:launch-template/*"

@@ -91,7 +91,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, tf_env: dict[str, str]) ->
         pytest.skip(f"needs terraform and a hashicorp/aws provider mirror at {MIRROR}")
     copy = tmp_path_factory.mktemp("terraform") / "terraform"
     shutil.copytree(
-        MODULE, copy, ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", ".terraform.lock.hcl")
+        MODULE,
+        copy,
+        ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", ".terraform.lock.hcl"),
     )
     for root in (copy, copy / EXAMPLE):
         terraform(["init", "-backend=false", "-no-color"], root, tf_env)
@@ -106,7 +108,11 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, tf_env: dict[str, str]) ->
 def test_fmt_check(tf_env: dict[str, str]) -> None:
     done = subprocess.run(
         [TERRAFORM, "fmt", "-check", "-recursive", "-diff", "-no-color"],
-        cwd=MODULE, env=tf_env, capture_output=True, text=True, timeout=120,
+        cwd=MODULE,
+        env=tf_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, f"terraform fmt would change:\n{done.stdout}{done.stderr}"
 
@@ -147,9 +153,23 @@ def test_checkov_has_no_unexplained_findings(workdir: Path, tf_env: dict[str, st
     """No failed check; every skipped one has its reason in the module README."""
     assert CHECKOV is not None
     done = subprocess.run(
-        [CHECKOV, "-d", str(workdir), "--framework", "terraform", "--skip-path", "tests",
-         "--skip-download", "--compact", "-o", "json"],
-        env=tf_env, capture_output=True, text=True, timeout=600,
+        [
+            CHECKOV,
+            "-d",
+            str(workdir),
+            "--framework",
+            "terraform",
+            "--skip-path",
+            "tests",
+            "--skip-download",
+            "--compact",
+            "-o",
+            "json",
+        ],
+        env=tf_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     reports = json.loads(done.stdout)
     reports = reports if isinstance(reports, list) else [reports]
@@ -162,8 +182,12 @@ def test_checkov_has_no_unexplained_findings(workdir: Path, tf_env: dict[str, st
         f"{c['check_id']} {c['check_name']}: {c['resource']} ({c['file_path']})" for c in failed
     )
     readme = (MODULE / "README.md").read_text()
-    unexplained = sorted({c["check_id"] for c in skipped} - set(re.findall(r"CKV2?_AWS_\d+", readme)))
-    assert not unexplained, f"skipped checkov checks not explained in terraform/README.md: {unexplained}"
+    unexplained = sorted(
+        {c["check_id"] for c in skipped} - set(re.findall(r"CKV2?_AWS_\d+", readme))
+    )
+    assert not unexplained, (
+        f"skipped checkov checks not explained in terraform/README.md: {unexplained}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,14 +209,18 @@ def test_every_variable_is_typed_and_described() -> None:
     assert len(variables) > 20
     for name, body in variables.items():
         assert re.search(r"^  type\s+=", body, re.M), f"variable {name} has no type"
-        assert re.search(r'^  description\s+=\s+"\S', body, re.M), f"variable {name} has no description"
+        assert re.search(r'^  description\s+=\s+"\S', body, re.M), (
+            f"variable {name} has no description"
+        )
 
 
 def test_every_output_is_described() -> None:
     outputs = _blocks("output")
     assert outputs
     for name, body in outputs.items():
-        assert re.search(r'^  description\s+=\s+"\S', body, re.M), f"output {name} has no description"
+        assert re.search(r'^  description\s+=\s+"\S', body, re.M), (
+            f"output {name} has no description"
+        )
 
 
 def test_provider_is_pinned_in_versions_tf() -> None:
@@ -201,6 +229,10 @@ def test_provider_is_pinned_in_versions_tf() -> None:
     assert re.search(r'version\s+=\s+"~> 5\.\d+"', versions), "pin hashicorp/aws to a minor series"
     assert re.search(r'required_version\s+=\s+">= 1\.\d+', versions)
     # Nothing but the AWS provider: the module must validate where only its mirror exists.
-    sources = set(re.findall(r'source\s+=\s+"([a-z][\w-]*/[\w-]+)"', "".join(
-        p.read_text() for p in MODULE.rglob("*.tf"))))
+    sources = set(
+        re.findall(
+            r'source\s+=\s+"([a-z][\w-]*/[\w-]+)"',
+            "".join(p.read_text() for p in MODULE.rglob("*.tf")),
+        )
+    )
     assert sources == {"hashicorp/aws"}, sources

@@ -181,9 +181,26 @@ run "deletes_and_creates_are_scoped_by_recc_tags" {
     condition = alltrue([
       for s in jsondecode(aws_iam_policy.researcher.policy).Statement :
       try(s.Condition.StringEquals["aws:ResourceTag/recc:managed-by"], "") == "recc"
-      if contains(flatten([s.Action]), "eks:DeleteNodegroup") || contains(flatten([s.Action]), "ec2:DeleteLaunchTemplate")
+      if s.Effect == "Allow" && (contains(flatten([s.Action]), "eks:DeleteNodegroup") || contains(flatten([s.Action]), "ec2:DeleteLaunchTemplate"))
     ])
     error_message = "researchers may delete only node groups and launch templates tagged recc:managed-by = recc"
+  }
+
+  assert {
+    condition = length([
+      for s in jsondecode(aws_iam_policy.researcher.policy).Statement : s
+      if s.Effect == "Deny" && s.Resource == "arn:aws:eks:eu-west-1:123456789012:nodegroup/research-dask/recc-system/*" && contains(flatten([s.Action]), "eks:DeleteNodegroup") && contains(flatten([s.Action]), "eks:TagResource")
+    ]) == 1
+    error_message = "researchers must never be able to tag (and so claim) or delete the platform's system node group"
+  }
+
+  assert {
+    condition = alltrue([
+      for s in jsondecode(aws_iam_policy.researcher.policy).Statement :
+      !contains(flatten([s.Resource]), "arn:aws:eks:eu-west-1:123456789012:cluster/research-dask")
+      if s.Effect == "Allow" && contains(flatten([s.Action]), "eks:TagResource")
+    ])
+    error_message = "researchers must not be able to tag the EKS cluster"
   }
 
   assert {
