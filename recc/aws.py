@@ -19,6 +19,6 @@ def session(profile: str | None = None) -> boto3.Session:
 
 def client(service: str, profile: str | None = None, region: str | None = None) -> Any:
     """A boto3 client for ``service``; the Pricing API lives in us-east-1 whatever the region."""
-    if service == "pricing":
-        region = "us-east-1"
+    if service in {"pricing", "budgets", "ce"}:
+        region = "us-east-1"  # global services, served from us-east-1
     return session(profile).client(service, region_name=region)

@@ -19,7 +19,7 @@ from distributed.deploy import Cluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from recc.backends.base import Backend, Progress, get_backend, no_progress
-from recc.clusters import delete_cluster, record_created
+from recc.clusters import check_quotas, delete_cluster, estimate_vcpus, record_created
 from recc.cost import local_cost
 from recc.errors import BackendError
 from recc.estimate import Estimate, estimate
@@ -133,8 +133,10 @@ class RECCCluster(Cluster):
     async def _start(self) -> None:
         if self.status in (Status.running, Status.starting):
             return
-        self.status = Status.starting
         created_here = self._record is None
+        if created_here:  # quotas are checked before anything exists
+            await asyncio.to_thread(check_quotas, self.estimate, self.backend, current_user())
+        self.status = Status.starting
         try:
             if created_here:
                 record = ClusterRecord(
@@ -144,6 +146,7 @@ class RECCCluster(Cluster):
                     created_at=rfc3339(dt.datetime.now(dt.timezone.utc)),
                     spec=self.spec.to_dict(),
                     usd_per_hour=self.usd_per_hour,
+                    vcpus=estimate_vcpus(self.estimate),
                 )
                 self._log(f"Creating {record.name} on the {self.backend.name} backend")
                 self._record = await asyncio.to_thread(

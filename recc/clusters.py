@@ -7,16 +7,21 @@ Every way a cluster ends (close, ``recc down``, the harvester) goes through
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from recc import ledger
 from recc.backends.base import Backend, get_backend
-from recc.errors import ClusterNotFound
+from recc.errors import ClusterNotFound, RECCError
+from recc.catalog import get_catalog
 from recc.estimate import Estimate
+from recc.quotas import UsageRecord, check_quota, fit_n_workers, limits_from_config, plan_vcpus
 from recc.spend import cost_so_far
 from recc.state import ClusterRecord
 from recc.tags import Ownership, parse_rfc3339
+
+logger = logging.getLogger("recc")
 
 
 def ownership(record: ClusterRecord) -> Ownership:
@@ -35,12 +40,41 @@ def ownership(record: ClusterRecord) -> Ownership:
     )
 
 
+def estimate_vcpus(estimate: Estimate) -> float:
+    """vCPUs a cluster counts against quotas: its instances' vCPUs on EKS (what AWS bills),
+    the cores its pods request on the local backend (no instances there)."""
+    if estimate.plan is None:
+        spec = estimate.spec
+        return spec.scheduler_cpu + sum(g.n_workers * g.worker_cpu for g in spec.groups())
+    return float(plan_vcpus(estimate.plan, get_catalog()))
+
+
+def check_quotas(estimate: Estimate, backend: Backend, user: str) -> None:
+    """Refuse a new cluster that would break ``user``'s or their team's quotas
+    (``recc.quotas.*``), counting the clusters ``backend`` runs now. Raises QuotaExceeded."""
+    limits = limits_from_config()
+    running = [UsageRecord(r.name, r.owner, r.vcpus, r.usd_per_hour) for r in backend.list()]
+    fit = fit_n_workers(estimate.spec, get_catalog()) if estimate.plan is not None else None
+    check_quota(
+        user,
+        limits.team_of(user),
+        estimate_vcpus(estimate),
+        estimate.cost.usd_per_hour,
+        running,
+        limits,
+        fit,
+    )
+
+
 def record_created(record: ClusterRecord, estimate: Estimate) -> None:
     """Write the start of ``record``'s life into the ledger."""
     start = ledger.StartRecord.for_cluster(
         ownership(record), record.backend, estimate.cost, estimate.plan
     )
-    ledger.record_start(start)
+    try:
+        ledger.record_start(start)
+    except RECCError as e:  # bookkeeping must not take the researcher's cluster down
+        logger.warning("could not record %s in the ledger: %s", record.name, e)
 
 
 def delete_cluster(name: str, backend: Backend | str | None = None, how: str = "down") -> str:
@@ -51,9 +85,12 @@ def delete_cluster(name: str, backend: Backend | str | None = None, how: str = "
     """
     chosen = backend if not isinstance(backend, (str, type(None))) else get_backend(backend)
     if chosen.delete(name):
-        ledger.record_end(name, how=how)
+        try:
+            ledger.record_end(name, how=how)
+        except RECCError as e:
+            logger.warning("could not record the end of %s in the ledger: %s", name, e)
         return "deleted"
-    lives = [life for life in ledger.read_lives() if life.record.cluster == name]
+    lives = ledger.read_lives(cluster=name)
     if lives and not any(life.running for life in lives):
         return "already deleted"
     if lives:  # started, never recorded as ended, and nothing left: it ended unrecorded

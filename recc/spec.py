@@ -159,8 +159,13 @@ class ClusterSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and not is_dns1123_label(v, MAX_CLUSTER_NAME):
-            raise ValueError(f"is not a DNS-1123 label of at most {MAX_CLUSTER_NAME} characters")
+        # The operator names the scheduler Service "<name>-scheduler", a DNS-1035 label: so the
+        # name must also start with a letter.
+        if v is not None and not (is_dns1123_label(v, MAX_CLUSTER_NAME) and v[:1].isalpha()):
+            raise ValueError(
+                f"is not a DNS-1123 label starting with a letter, at most {MAX_CLUSTER_NAME} "
+                "characters"
+            )
         return v
 
     _instance_type = field_validator("instance_type")(

@@ -31,6 +31,7 @@ class ClusterRecord:
     created_at: str
     spec: dict[str, Any]
     usd_per_hour: float = 0.0
+    vcpus: float = 0.0  # what quotas count: instance vCPUs on EKS, requested cores on local
     scheduler_address: str | None = None
     dashboard_link: str | None = None
     details: dict[str, Any] = field(default_factory=dict)

@@ -199,3 +199,16 @@ def _failing_timeout(real_get):
         return real_get(key, override, default)
 
     return get
+
+
+def test_quota_refuses_before_anything_is_created():
+    import dask.config
+
+    import recc
+
+    with RECCCluster(n_workers=1, worker_memory="512MiB", worker_cpu=1):  # 2 cores in use
+        with dask.config.set({"recc.quotas.max-vcpus-per-user": 3}):
+            with pytest.raises(recc.QuotaExceeded, match="max-vcpus-per-user=3") as refused:
+                RECCCluster(n_workers=2, worker_memory="512MiB", worker_cpu=1)
+        assert "uses 2" in str(refused.value)
+        assert len(state.load_all()) == 1  # only the first cluster exists

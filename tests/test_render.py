@@ -391,7 +391,11 @@ def test_source_branch_without_nfs_server_names_the_setting() -> None:
 
 
 def test_names_that_cannot_name_the_scheduler_service_are_refused() -> None:
-    spec = resolve_spec(name="1cluster")
+    # The spec refuses such names before anything else happens...
+    with pytest.raises(SpecError, match="starting with a letter"):
+        resolve_spec(name="1cluster")
+    # ...and rendering still refuses a spec that bypassed validation.
+    spec = resolve_spec().model_copy(update={"name": "1cluster"})
     plan = plan_cluster(spec, bundled_catalog())
     owner = Ownership("1cluster", "alice", "1cluster", CREATED)
     with pytest.raises(SpecError, match="must start with a letter"):
