@@ -327,7 +327,11 @@ def configuration_findings(get: Callable[[str], Any] = _current) -> list[Finding
                 Finding(
                     f"recc.{s.key}",
                     MISSING if s.required else UNSET,
-                    f"set it, e.g. {s.example}",
+                    (
+                        f"run `recc platform configure`, or set it (e.g. {s.example})"
+                        if s.required
+                        else f"optional (e.g. {s.example})"
+                    ),
                     s.required,
                 )
             )
@@ -915,8 +919,8 @@ def platform_manifests(settings: Mapping[str, Any], recc_version: str) -> list[d
 
     Example::
 
-        >>> manifests = platform_manifests(platform_settings(), recc_version())
-        >>> sorted({m["kind"] for m in manifests})[:3]
+        >>> settings = {**platform_settings(), "eks.harvester-role-arn": "arn:aws:iam::1:role/h"}
+        >>> sorted({m["kind"] for m in platform_manifests(settings, "0.1.0")})[:3]
         ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap']
     """
     prefix = settings["eks.namespace-prefix"]
