@@ -198,6 +198,11 @@ class PortForwarder:
     def stop(self) -> None:
         """Stop listening and close every relayed connection."""
         self._stopping.set()
+        try:
+            # shutdown wakes the thread blocked in accept(); close alone would not on Linux.
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
         with self._lock:
             still_open = list(self._open)

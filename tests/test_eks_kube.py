@@ -1,0 +1,275 @@
+"""The Kubernetes side of the EKS backend, piece by piece: the EKS token, the caller's
+Kubernetes user, the API client's configuration, and generic apply against the fake API."""
+
+from __future__ import annotations
+
+import base64
+import urllib.parse
+
+import boto3
+import dask
+import kubernetes.client
+import pytest
+from moto import mock_aws
+
+from recc.errors import ConfigError
+from recc.kube import apply
+from recc.kube.apply import NotManaged, Ref
+from recc.kube.auth import eks_token, kubernetes_user, principal_name
+from recc.kube.client import api_client, eks_setting, platform_endpoint
+from recc.testing import fake_kubernetes
+
+MANAGED = {"app.kubernetes.io/managed-by": "recc"}
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(scope="module")
+def kube():
+    with fake_kubernetes() as server:
+        yield server
+
+
+@pytest.fixture
+def api(kube):
+    with kube.api_client() as client:
+        yield client
+
+
+# -- token and user ------------------------------------------------------------------------
+
+
+def _decode(token: str) -> urllib.parse.SplitResult:
+    assert token.startswith("k8s-aws-v1.")
+    payload = token.removeprefix("k8s-aws-v1.")
+    return urllib.parse.urlsplit(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
+    )
+
+
+def test_token_is_a_presigned_get_caller_identity_bound_to_the_cluster(aws_env):
+    url = _decode(eks_token("research-dask", boto3.Session(region_name="eu-west-1")))
+    query = urllib.parse.parse_qs(url.query)
+    assert url.netloc == "sts.eu-west-1.amazonaws.com"
+    assert query["Action"] == ["GetCallerIdentity"] and query["Version"] == ["2011-06-15"]
+    assert query["X-Amz-Expires"] == ["60"]
+    # The cluster name is a signed header, so the token is useless for another cluster.
+    assert "x-k8s-aws-id" in query["X-Amz-SignedHeaders"][0].split(";")
+    assert query["X-Amz-Credential"][0].startswith("AKIDEXAMPLE/")
+    assert "=" not in url.geturl()[-2:]  # padding stripped, as aws eks get-token does
+
+
+def test_tokens_for_different_clusters_differ(aws_env):
+    session = boto3.Session(region_name="eu-west-1")
+    assert eks_token("a", session) != eks_token("b", session)
+
+
+@pytest.mark.parametrize(
+    "arn, expected",
+    [
+        (
+            "arn:aws:sts::1:assumed-role/AWSReservedSSO_Researcher_0a1b/Alice.Smith@Bank.com",
+            "alice.smith-bank.com",
+        ),
+        ("arn:aws:iam::1:user/bob", "bob"),
+        ("arn:aws:iam::1:role/ci/harvester", "harvester"),
+        ("arn:aws:iam::123456789012:root", "root"),
+    ],
+)
+def test_kubernetes_user_is_the_sanitised_principal_name(arn, expected):
+    assert kubernetes_user(arn) == expected
+
+
+def test_user_map_wins_by_arn_or_by_name():
+    arn = "arn:aws:sts::1:assumed-role/Researcher/alice"
+    assert principal_name(arn) == "alice"
+    assert kubernetes_user(arn, {arn: "by-arn"}) == "by-arn"
+    assert kubernetes_user(arn, {"alice": "by-name"}) == "by-name"
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_missing_setting_names_the_key_the_file_the_variable_and_terraform():
+    with dask.config.set({"recc.eks.node-role-arn": None}):
+        with pytest.raises(ConfigError) as info:
+            eks_setting("eks.node-role-arn", "arn:aws:iam::1:role/node")
+    message = str(info.value)
+    assert "recc.eks.node-role-arn is not set" in message
+    assert "~/.config/dask/recc.yaml" in message and "DASK_RECC__EKS__NODE_ROLE_ARN" in message
+    assert "recc platform configure --from-terraform" in message
+
+
+def test_endpoint_and_ca_from_config_need_no_aws_call():
+    with dask.config.set({"recc.eks.endpoint": "https://k8s.example", "recc.eks.ca-data": "Q0E="}):
+        assert platform_endpoint(session=object()).url == "https://k8s.example"
+
+
+@mock_aws
+def test_endpoint_and_ca_come_from_describe_cluster(aws_env):
+    iam = boto3.client("iam")
+    role = iam.create_role(RoleName="eks", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    eks = boto3.client("eks")
+    made = eks.create_cluster(name="research", roleArn=role, resourcesVpcConfig={})["cluster"]
+    settings = {
+        "recc.eks.cluster-name": "research",
+        "recc.eks.endpoint": None,
+        "recc.eks.ca-data": None,
+    }
+    with dask.config.set(settings):
+        endpoint = platform_endpoint(boto3.Session(region_name="eu-west-1"))
+    assert endpoint.url == made["endpoint"]
+    assert endpoint.ca_data == made["certificateAuthority"]["data"]
+
+
+@mock_aws
+def test_unknown_eks_cluster_is_a_config_error(aws_env):
+    settings = {"recc.eks.cluster-name": "nope", "recc.eks.endpoint": None}
+    with dask.config.set(settings), pytest.raises(ConfigError, match="'nope': no such EKS cluster"):
+        platform_endpoint(boto3.Session(region_name="eu-west-1"))
+
+
+def test_api_client_authenticates_with_a_fresh_eks_token(aws_env, kube):
+    settings = {"recc.eks.cluster-name": "research", "recc.eks.endpoint": kube.url}
+    with dask.config.set(settings), api_client(boto3.Session(region_name="eu-west-1")) as client:
+        version = kubernetes.client.VersionApi(client).get_code()
+        header = client.configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
+    assert version.git_version.startswith("v1.")
+    assert header.startswith("Bearer k8s-aws-v1.")
+    assert client.configuration.proxy is None  # a loopback http:// endpoint: never proxied
+
+
+def test_https_endpoint_uses_the_cluster_ca(aws_env):
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    settings = {
+        "recc.eks.cluster-name": "research",
+        "recc.eks.endpoint": "https://k8s.example",
+        "recc.eks.ca-data": base64.b64encode(pem.encode()).decode(),
+    }
+    with dask.config.set(settings), api_client(boto3.Session(region_name="eu-west-1")) as client:
+        assert client.configuration.ca_cert_data == pem
+        assert client.configuration.verify_ssl
+
+
+def test_ca_that_is_not_base64_is_a_config_error(aws_env):
+    settings = {
+        "recc.eks.cluster-name": "research",
+        "recc.eks.endpoint": "https://k8s.example",
+        "recc.eks.ca-data": "not base64!",
+    }
+    with dask.config.set(settings), pytest.raises(ConfigError, match="recc.eks.ca-data"):
+        api_client(boto3.Session(region_name="eu-west-1"))
+
+
+# -- apply --------------------------------------------------------------------------------
+
+
+def _namespace(name: str, labels: dict | None = None) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels or MANAGED},
+    }
+
+
+def test_create_read_list_patch_and_delete_built_in_kinds(api, kube):
+    apply.create(api, _namespace("apply-a"))
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "deny", "namespace": "apply-a", "labels": MANAGED},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "owner", "namespace": "apply-a", "labels": MANAGED},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "owner"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}],
+    }
+    stored = apply.create(api, policy)
+    apply.create(api, binding)
+    assert stored["metadata"]["uid"] and stored["spec"]["policyTypes"] == ["Ingress"]
+    assert kube.get_object("rolebindings", "owner", "apply-a")["subjects"][0]["name"] == "alice"
+    apply.patch(api, Ref.of(policy), {"metadata": {"annotations": {"why": "test"}}})
+    assert apply.read(api, Ref.of(policy))["metadata"]["annotations"] == {"why": "test"}
+    listed = apply.list_objects(
+        api, "networking.k8s.io/v1", "NetworkPolicy", "apply-a", "app.kubernetes.io/managed-by=recc"
+    )
+    assert [Ref.of(p) for p in listed] == [Ref.of(policy)]
+    assert apply.delete(api, Ref.of(binding)) == apply.DELETED
+    assert apply.delete(api, Ref.of(binding)) == apply.ABSENT
+    assert apply.delete(api, _ns_ref("apply-a")) == apply.DELETED
+    assert kube.objects("networkpolicies", "apply-a") == []
+
+
+def _ns_ref(name: str) -> Ref:
+    return Ref("v1", "Namespace", name)
+
+
+def test_custom_resources_go_through_custom_objects(api, kube):
+    apply.create(api, _namespace("apply-b"))
+    group = {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskWorkerGroup",
+        "metadata": {"name": "c-gpu", "namespace": "apply-b", "labels": MANAGED},
+        "spec": {
+            "cluster": "c",
+            "worker": {
+                "replicas": 1,
+                "spec": {"containers": [{"name": "worker", "image": "dask"}]},
+            },
+        },
+    }
+    apply.create(api, group)
+    apply.patch(api, Ref.of(group), {"spec": {"worker": {"replicas": 3}}})
+    assert (
+        kube.get_object("daskworkergroups", "c-gpu", "apply-b")["spec"]["worker"]["replicas"] == 3
+    )
+    assert [
+        g["metadata"]["name"]
+        for g in apply.list_objects(api, "kubernetes.dask.org/v1", "DaskWorkerGroup", "apply-b")
+    ] == ["c-gpu"]
+    assert apply.delete(api, Ref.of(group)) == apply.DELETED
+    assert apply.read(api, Ref.of(group)) is None
+    apply.delete(api, _ns_ref("apply-b"))
+
+
+def test_create_of_an_existing_object_is_a_409(api):
+    apply.create(api, _namespace("apply-c"))
+    with pytest.raises(kubernetes.client.ApiException) as info:
+        apply.create(api, _namespace("apply-c"))
+    assert info.value.status == 409
+    apply.delete(api, _ns_ref("apply-c"))
+
+
+def test_objects_without_the_managed_by_label_are_never_deleted(api, kube):
+    apply.create(api, _namespace("someone-elses", {"team": "risk"}))
+    with pytest.raises(NotManaged, match="app.kubernetes.io/managed-by=recc"):
+        apply.delete(api, _ns_ref("someone-elses"))
+    assert kube.get_object("namespaces", "someone-elses") is not None
+    assert not [c for c in kube.calls if c.verb == "delete" and c.name == "someone-elses"]
+
+
+def test_delete_errors_other_than_not_found_are_raised(api, kube):
+    apply.create(api, _namespace("apply-d"))
+    kube.inject_failure("delete", "namespaces", status=403)
+    with pytest.raises(kubernetes.client.ApiException) as info:
+        apply.delete(api, _ns_ref("apply-d"))
+    assert info.value.status == 403
+    assert apply.delete(api, _ns_ref("apply-d")) == apply.DELETED
+
+
+def test_unknown_kinds_are_a_clear_error(api):
+    with pytest.raises(LookupError, match="Gizmo"):
+        apply.create(api, {"apiVersion": "v1", "kind": "Gizmo", "metadata": {"name": "g"}})
