@@ -31,8 +31,16 @@ def get(key: str, override: Any = None, default: Any = None) -> Any:
 
 
 def refresh() -> None:
-    """Re-read dask config files and environment variables (after they changed)."""
-    dask.config.refresh()
+    """Re-read dask config files and environment variables (after they changed).
+
+    dask reads ``DASK_CONFIG`` only when it is imported; a directory named there later (e.g.
+    by ``recc platform configure`` in a test) is added to the search paths here.
+    """
+    extra = os.environ.get("DASK_CONFIG")
+    paths = list(dask.config.paths)
+    if extra and extra not in paths:
+        paths.append(extra)
+    dask.config.refresh(paths=paths)
     _load_defaults()
 
 
