@@ -43,7 +43,6 @@ def up_command(
     template: Template = None,
     *,
     spec_flags: dict[str, Any],
-    name: Annotated[Optional[str], typer.Option("--name", help="Cluster name (DNS-1123).")] = None,
     backend: BackendOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     json_output: JsonOpt = False,
@@ -53,7 +52,7 @@ def up_command(
     from recc.spend import needs_confirmation
 
     with errors_to_exit():
-        spec = resolve_spec(template, name=name, **to_overrides(spec_flags))
+        spec = resolve_spec(template, **to_overrides(spec_flags))
         chosen = get_backend(backend)
         from recc.cluster import cluster_estimate
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from recc.errors import ClusterNotFound, RECCError
 
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep and logs
 
 FORMATS = ("table", "json", "yaml")
 

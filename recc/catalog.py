@@ -56,9 +56,10 @@ class Catalog:
             return self.types[name]
         except KeyError:
             close = difflib.get_close_matches(name, self.types, n=3)
-            example = ", ".join(close) if close else "c5.xlarge"
+            hint = f"; close: {', '.join(close)}" if close else ""
+            example = f"{field.rsplit('.', 1)[-1]}={(close or ['c5.xlarge'])[0]!r}"
             raise SpecError(
-                field, name, f"unknown instance type ({self.source})", example
+                field, name, f"unknown instance type ({self.source}{hint})", example
             ) from None
 
     def __iter__(self):  # noqa: ANN204 - iterator over InstanceType

@@ -307,7 +307,8 @@ def test_unknown_instance_type_is_a_spec_error_with_close_matches(
     with pytest.raises(SpecError) as info:
         plan(catalog, instance_type=typo)
     assert info.value.field == "instance_type" and info.value.value == typo
-    assert close in info.value.example.split(", ")
+    assert info.value.example == f"instance_type={close!r}"  # the closest, as valid input
+    assert close in info.value.problem  # among the close matches listed
     assert "for example" in str(info.value)
 
 
