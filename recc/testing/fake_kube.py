@@ -10,7 +10,9 @@ with :func:`recc.kube.schema.validate` (official schemas, CRD schemas, DNS names
 Not modelled: watches, server-side apply, admission (webhooks and policies are stored, not
 run), graceful deletion, finalizers, owner-reference garbage collection, pagination (``limit``
 returns everything). The Dask custom resources are served whether or not their
-CustomResourceDefinitions were created, as on a platform where the operator is installed.
+CustomResourceDefinitions were created, as on a platform where the operator is installed. Pod
+logs and port-forwarding (``pods/<name>/log``, ``pods/<name>/portforward``) are answered by
+:mod:`recc.testing.pod_streams`.
 """
 
 from __future__ import annotations
@@ -176,6 +178,8 @@ class FakeKubeServer:
         self._calls: list[Call] = []
         self._stopping = threading.Event()
         self.hook_errors: list[BaseException] = []
+        self.pod_logs: Callable[[str, str], str] | None = None
+        """What ``GET pods/<name>/log`` answers: ``pod_logs(namespace, pod)`` (None: empty)."""
         """Exceptions raised by hooks; they are logged, and the request still succeeds."""
         self._http: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -539,17 +543,33 @@ class FakeKubeServer:
             resource = request.rtype.plural + (
                 f"/{request.subresource}" if request.subresource else ""
             )
-            with self._lock:
-                self._calls.append(Call(verb, resource, request.namespace, request.name))
-                fault = self._take_fault(verb, resource)
-            if fault is not None:
-                if fault.hang:
-                    self._stopping.wait(fault.hang_seconds)
-                    raise FakeKubeError(504, f"injected hang of {verb} {resource} ended")
-                raise FakeKubeError(fault.status, f"injected failure of {verb} {resource}")
+            self._receive(Call(verb, resource, request.namespace, request.name))
             return self._dispatch(verb, request, headers, body)
         except FakeKubeError as e:
             return e.code, e.body
+
+    def _receive(self, call: Call) -> None:
+        """Record a request, then fail or hang it if an injected failure matches."""
+        with self._lock:
+            self._calls.append(call)
+            fault = self._take_fault(call.verb, call.resource)
+        if fault is not None:
+            if fault.hang:
+                self._stopping.wait(fault.hang_seconds)
+                raise FakeKubeError(504, f"injected hang of {call.verb} {call.resource} ended")
+            raise FakeKubeError(fault.status, f"injected failure of {call.verb} {call.resource}")
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called (long-running streams end then)."""
+        return self._stopping.is_set()
+
+    def stream_target(self, subresource: str, namespace: str, name: str) -> dict[str, Any]:
+        """The Pod a ``pods/<name>/<subresource>`` stream (log, portforward) is for, after
+        recording the request as ``("get", "pods/<subresource>")`` and applying injected
+        failures; raises FakeKubeError (404 when there is no such Pod)."""
+        self._receive(Call("get", f"pods/{subresource}", namespace, name))
+        return self._existing(self.resource_type("pods"), namespace, name)
 
     def _take_fault(self, verb: str, resource: str) -> _Fault | None:
         for fault in self._faults:
@@ -782,7 +802,13 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # the client gave up (timeout) or the server is stopping
             self.close_connection = True
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+    def do_GET(self) -> None:
+        from recc.testing import pod_streams  # pod logs and port-forward stream, not JSON
+
+        if not pod_streams.handle(self):
+            self._answer()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("fake Kubernetes API: " + format, *args)
