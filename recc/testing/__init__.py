@@ -49,5 +49,17 @@ client's ``_request_timeout`` fires).
 """
 
 from recc.testing.fake_kube import Call, FakeKubeError, FakeKubeServer, fake_kubernetes
+from recc.testing.faults import AWSFaults
+from recc.testing.operator import EmulatedProcess
+from recc.testing.platform import EmulatedPlatform, emulated_platform
 
-__all__ = ["Call", "FakeKubeError", "FakeKubeServer", "fake_kubernetes"]
+__all__ = [
+    "AWSFaults",
+    "Call",
+    "EmulatedPlatform",
+    "EmulatedProcess",
+    "FakeKubeError",
+    "FakeKubeServer",
+    "emulated_platform",
+    "fake_kubernetes",
+]
