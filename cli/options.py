@@ -16,140 +16,46 @@ import typer
 
 from recc.errors import SpecError
 
-_P = "Cluster spec"  # rich help panel
+_PANEL = "Cluster spec"
+
+# (ClusterSpec field, value type, help). The flag is the field with dashes: --n-workers.
+_FLAG_TABLE: list[tuple[str, Any, str]] = [
+    ("name", str, "Cluster name (DNS-1123, starts with a letter)."),
+    ("n_workers", int, "Number of workers."),
+    ("instance_type", str, "EC2 instance type, e.g. c5.xlarge."),
+    ("worker_memory", str, "Memory per worker, e.g. 1.5GiB."),
+    ("worker_cpu", str, "CPUs per worker, e.g. 1 or 500m."),
+    ("scheduler_memory", str, "Scheduler memory, e.g. 4GiB."),
+    ("scheduler_cpu", str, "Scheduler CPUs."),
+    ("resource", list[str], "Worker resource KEY=VALUE (repeatable), e.g. GPU=1."),
+    ("env", list[str], "Environment variable KEY=VALUE (repeatable)."),
+    ("image", str, "Container image (EKS)."),
+    ("source_git_branch", str, "Source branch mounted into the workers."),
+    ("job", str, "Job name for cost attribution."),
+    ("idle_timeout", str, "Shut down after this long idle, e.g. 30m."),
+    ("max_lifetime", str, "Maximum age, e.g. 8h."),
+]
+
+
+def _option(name: str, kind: Any, help_text: str) -> Any:
+    flag = "--" + name.replace("_", "-")
+    return Annotated[Optional[kind], typer.Option(flag, help=help_text, rich_help_panel=_PANEL)]
+
 
 SPEC_FLAGS: list[tuple[str, Any]] = [
-    (
-        "name",
-        Annotated[
-            Optional[str],
-            typer.Option(
-                "--name", help="Cluster name (DNS-1123, starts with a letter).", rich_help_panel=_P
-            ),
-        ],
-    ),  # noqa: E501
-    (
-        "n_workers",
-        Annotated[
-            Optional[int],
-            typer.Option("--n-workers", help="Number of workers.", rich_help_panel=_P),
-        ],
-    ),  # noqa: E501
-    (
-        "instance_type",
-        Annotated[
-            Optional[str],
-            typer.Option(
-                "--instance-type", help="EC2 instance type, e.g. c5.xlarge.", rich_help_panel=_P
-            ),
-        ],
-    ),  # noqa: E501
-    (
-        "worker_memory",
-        Annotated[
-            Optional[str],
-            typer.Option(
-                "--worker-memory", help="Memory per worker, e.g. 1.5GiB.", rich_help_panel=_P
-            ),
-        ],
-    ),  # noqa: E501
-    (
-        "worker_cpu",
-        Annotated[
-            Optional[str],
-            typer.Option(
-                "--worker-cpu", help="CPUs per worker, e.g. 1 or 500m.", rich_help_panel=_P
-            ),
-        ],
-    ),  # noqa: E501
-    (
-        "scheduler_memory",
-        Annotated[
-            Optional[str],
-            typer.Option(
-                "--scheduler-memory", help="Scheduler memory, e.g. 4GiB.", rich_help_panel=_P
-            ),
-        ],
-    ),  # noqa: E501
-    (
-        "scheduler_cpu",
-        Annotated[
-            Optional[str],
-            typer.Option("--scheduler-cpu", help="Scheduler CPUs.", rich_help_panel=_P),
-        ],
-    ),  # noqa: E501
-    (
-        "resource",
-        Annotated[
-            Optional[list[str]],
-            typer.Option(
-                "--resource",
-                help="Worker resource KEY=VALUE (repeatable), e.g. GPU=1.",
-                rich_help_panel=_P,
-            ),
-        ],
-    ),  # noqa: E501
-    (
-        "env",
-        Annotated[
-            Optional[list[str]],
-            typer.Option(
-                "--env", help="Environment variable KEY=VALUE (repeatable).", rich_help_panel=_P
-            ),
-        ],
-    ),  # noqa: E501
-    (
-        "image",
-        Annotated[
-            Optional[str],
-            typer.Option("--image", help="Container image (EKS).", rich_help_panel=_P),
-        ],
-    ),  # noqa: E501
-    (
-        "source_git_branch",
-        Annotated[
-            Optional[str],
-            typer.Option(
-                "--source-git-branch",
-                help="Source branch mounted into the workers.",
-                rich_help_panel=_P,
-            ),
-        ],
-    ),  # noqa: E501
-    (
-        "job",
-        Annotated[
-            Optional[str],
-            typer.Option("--job", help="Job name for cost attribution.", rich_help_panel=_P),
-        ],
-    ),  # noqa: E501
-    (
-        "idle_timeout",
-        Annotated[
-            Optional[str],
-            typer.Option(
-                "--idle-timeout",
-                help="Shut down after this long idle, e.g. 30m.",
-                rich_help_panel=_P,
-            ),
-        ],
-    ),  # noqa: E501
-    (
-        "max_lifetime",
-        Annotated[
-            Optional[str],
-            typer.Option("--max-lifetime", help="Maximum age, e.g. 8h.", rich_help_panel=_P),
-        ],
-    ),  # noqa: E501
+    *((name, _option(name, kind, text)) for name, kind, text in _FLAG_TABLE),
     (
         "spot",
         Annotated[
             Optional[bool],
             typer.Option(
-                "--spot/--on-demand", help="Capacity type.", show_default=False, rich_help_panel=_P
+                "--spot/--on-demand",
+                help="Capacity type.",
+                show_default=False,
+                rich_help_panel=_PANEL,
             ),
         ],
-    ),  # noqa: E501
+    ),
 ]
 
 
