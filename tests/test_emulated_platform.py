@@ -581,3 +581,40 @@ def test_pods_wait_for_their_node_group_and_port_forward_reaches_a_cluster_ip_sc
     boto3.client("eks").delete_nodegroup(
         clusterName=platform.eks_cluster_name, nodegroupName=f"{name}-default"
     )
+
+
+def test_recc_cluster_on_the_eks_backend_runs_end_to_end_and_leaves_nothing(platform, apis):
+    """The issue's check: RECCCluster(backend="eks") creates node group, namespace and Dask
+    objects, connects over TLS (here through the port-forward: the platform's Services are
+    ClusterIP), computes, and on close nothing is left in AWS, Kubernetes or the process table."""
+    from recc import RECCClient, RECCCluster
+
+    core, _ = apis
+    eks, ec2 = boto3.client("eks"), boto3.client("ec2")
+    timeouts = {
+        f"recc.eks.timeouts.{phase}": 60
+        for phase in ("nodegroup-active", "nodes-ready", "scheduler-reachable", "workers-joined")
+    }
+    managed = "app.kubernetes.io/managed-by=recc"
+    with dask.config.set(timeouts):
+        with RECCCluster(backend="eks", n_workers=4) as cluster, RECCClient(cluster) as client:
+            name = cluster.name
+            assert client.submit(sum, client.map(lambda x: x**2, range(10))).result() == 285
+            assert len(client.scheduler_info(n_workers=-1)["workers"]) == 4
+            assert (
+                f"{name}-default"
+                in eks.list_nodegroups(clusterName=platform.eks_cluster_name)["nodegroups"]
+            )
+            service = core.read_namespaced_service(f"{name}-scheduler", name)
+            assert service.spec.type == "ClusterIP"
+            assert ("kube", "get", "pods/portforward") in platform.calls
+            assert len(platform.processes()) == 5
+    wait_for(lambda: platform.processes() == [], what="the cluster's processes to stop")
+    groups = eks.list_nodegroups(clusterName=platform.eks_cluster_name)["nodegroups"]
+    assert groups == ["system"]
+    templates = ec2.describe_launch_templates(
+        Filters=[{"Name": "tag:recc:managed-by", "Values": ["recc"]}]
+    )["LaunchTemplates"]
+    assert templates == []
+    assert core.list_namespace(label_selector=managed).items == []
+    wait_for(lambda: node_names(core, f"{name}-default") == [], what="the cluster's nodes")
