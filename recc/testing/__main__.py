@@ -85,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log per AWS call
     return serve(args.port_file, args.region, args.eks_cluster_name, args.state_dir)
 
 

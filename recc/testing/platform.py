@@ -15,10 +15,12 @@ environment are process-wide.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -270,11 +272,18 @@ def emulated_platform(
         if serve_aws:
             from moto.server import ThreadedMotoServer
 
+            # No access-log line per AWS call on stderr (werkzeug logs them at INFO).
+            access_log = logging.getLogger("werkzeug")
+            stack.callback(access_log.setLevel, access_log.level)
+            access_log.setLevel(logging.WARNING)
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             server.start()
             stack.callback(server.stop)
             host, port = server.get_host_and_port()
             endpoint = f"http://{host}:{port}"
+            # moto's state is process-wide and a server keeps it: forget it on exit, as
+            # mock_aws does, so a later platform in this process starts clean.
+            stack.callback(_reset_moto, endpoint)
             stack.enter_context(_environ({"AWS_ENDPOINT_URL": endpoint}))
         else:
             from moto import mock_aws
@@ -347,6 +356,12 @@ def _create_base(region: str, eks_cluster_name: str) -> _Base:
     )
     account = session.client("sts").get_caller_identity()["Account"]
     return _Base(account, vpc, subnets, (group,), node_role)
+
+
+def _reset_moto(endpoint: str) -> None:
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=30):
+        pass
 
 
 @contextmanager
