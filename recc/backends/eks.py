@@ -257,7 +257,12 @@ class EKSBackend:
             )
         settings = PlatformSettings.from_config()
         with closing(self._connect(for_create=True)) as conn:
-            if self._discover(conn, name):
+            try:
+                exists = bool(self._discover(conn, name))
+            except (ApiException, ClientError, BotoCoreError, HTTPError) as e:
+                message = failure_message(f"creating cluster {name!r}", "check name", e, [])
+                raise BackendError(message) from e
+            if exists:
                 raise BackendError(
                     f"a cluster named {name!r} exists already (see `recc ls`; remove it with "
                     f"`recc down {name}`)"
