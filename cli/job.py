@@ -7,11 +7,11 @@ import sys
 from typing import Annotated, Any, Optional
 
 import typer
-from recc.cli.options import spec_options, to_overrides
-from recc.cli.output import err, errors_to_exit, fail, out
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from recc.cli.options import spec_options, to_overrides
+from recc.cli.output import err, errors_to_exit, fail, out
 from recc.errors import SpecError
 from recc.jobs.aggregate import AggregateResult, GroupResult
 

@@ -142,7 +142,7 @@ def test_job_reads_and_writes_s3(s3, tmp_path):
     info = generate("s3://sims/in", group_sizes=[2, 0, 5], paths=20, dates=6, seed=2,
                     missing=0.1, datastore=ds)
     with LocalCluster(n_workers=1, threads_per_worker=2, memory_limit="1GiB",
-                      resources={"MEMORY": 1024}, dashboard_address=None) as cluster:
+                      resources={"MEMORY": 1024}, dashboard_address=":0") as cluster:
         with Client(cluster) as client:
             result = aggregate("s3://sims/in", "recc://sums", client=client, datastore=ds,
                                max_files_per_task=2)

@@ -11,7 +11,7 @@ import pytest
 from recc.datastore import DataStore
 from recc.jobs.accumulate import Accumulator, InputError, KeyGrowthExceeded, open_source
 from recc.jobs.generate import generate
-from recc.jobs.keyindex import KeyIndex
+from recc.jobs.keyindex import KeyIndex, has_repeats
 from recc.jobs.tasks import sum_files
 
 STORE = DataStore()
@@ -171,3 +171,16 @@ def test_key_index_switches_to_hash_for_sparse_keys():
     again = pa.table({"path": pa.array([5, 7, 10**12, 7]), "Date": pa.array([3, 1, 2, 1])})
     rows, new = index.rows_of(again)
     assert rows.tolist() == [2, 3, 1, 3] and new.tolist() == [1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_has_repeats_agrees_with_pandas(seed):
+    rng = np.random.default_rng(seed)
+    n = 500
+    frame = pd.DataFrame({"path": rng.integers(0, 40, n), "Date": rng.integers(0, 20, n)})
+    if seed % 2:
+        frame = frame.drop_duplicates()
+    keys = pa.Table.from_pandas(frame, preserve_index=False)
+    assert has_repeats(keys) is bool(frame.duplicated().any())
+    strings = keys.select(["path"]).append_column("Date", pa.array(["x"] * len(frame)))
+    assert has_repeats(strings) is None

@@ -20,7 +20,7 @@ MEMORY_MIB = 1024
 @pytest.fixture(scope="module")
 def client():
     with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=f"{MEMORY_MIB}MiB",
-                      resources={"MEMORY": MEMORY_MIB}, dashboard_address=None) as cluster:
+                      resources={"MEMORY": MEMORY_MIB}, dashboard_address=":0") as cluster:
         with Client(cluster) as c:
             yield c
 
@@ -151,7 +151,7 @@ def test_capacity_scales_requests_to_memory_below_the_pause_threshold(client):
 
 
 def test_a_cluster_without_the_resource_is_refused(tmp_path):
-    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
         with Client(cluster) as c:
             info = generate(str(tmp_path / "in"), files=1, paths=5, dates=5)
             with pytest.raises(Exception, match="MEMORY"):

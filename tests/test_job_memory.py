@@ -49,7 +49,7 @@ def test_group_four_times_cluster_memory(tmp_path):
     assert decoded_mib >= 4 * WORKERS * WORKER_MIB
 
     with LocalCluster(n_workers=WORKERS, threads_per_worker=2, memory_limit=f"{WORKER_MIB}MiB",
-                      resources={"MEMORY": WORKER_MIB}, dashboard_address=None) as cluster:
+                      resources={"MEMORY": WORKER_MIB}, dashboard_address=":0") as cluster:
         with Client(cluster) as client:
             client.wait_for_workers(WORKERS)
             before = set(client.scheduler_info()["workers"])

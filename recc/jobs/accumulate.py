@@ -36,11 +36,12 @@ from fsspec.implementations.local import LocalFileSystem
 
 from recc.datastore import DataStore
 from recc.errors import RECCError
-from recc.jobs.keyindex import KeyIndex
+from recc.jobs.keyindex import KeyIndex, has_repeats
 
 KEYS = ("path", "Date")
 VALUE = "value"
 COLUMNS = (*KEYS, VALUE)
+UNIQUE_FLAG = b"recc:unique-keys"
 DEFAULT_SCHEMA = pa.schema([("path", pa.int64()), ("Date", pa.date32()), ("value", pa.float64())])
 
 
@@ -102,6 +103,8 @@ class Source:
                 f"{url}: missing column(s) {', '.join(missing)}; each file needs columns "
                 f"{', '.join(COLUMNS)} (has {', '.join(schema.names)})"
             )
+        # RECC's own partial sums record whether their keys are already free of repeats.
+        self.unique_keys = (schema.metadata or {}).get(UNIQUE_FLAG) == b"1"
         value_type = schema.field(VALUE).type
         if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)):
             raise InputError(f"{url}: column value is {value_type}, expected a number (float64)")
@@ -238,6 +241,7 @@ class Accumulator:
     values: np.ndarray | None = None
     _signature: tuple | None = None
     _index: KeyIndex | None = None
+    _unique_start: bool = False  # the first source vouched that its keys do not repeat
 
     def add(self, source: Source) -> None:
         """Add every (path, Date, value) row of ``source``."""
@@ -275,6 +279,7 @@ class Accumulator:
         self.keys = keys
         self.values = np.zeros(keys.num_rows)
         self._signature = _own(source.signature())
+        self._unique_start = source.unique_keys
         self._add_in_order(source)
         self.tally.same_bytes += 1
 
@@ -334,9 +339,12 @@ class Accumulator:
         """The sums as a (path, Date, value) table; ``unique`` merges repeated keys first."""
         if self.keys is None or self.values is None:
             return (schema or DEFAULT_SCHEMA).empty_table()
-        if unique and not _known_unique(self._signature):
-            signature, rows = self._signature, self.keys.num_rows
-            self._ensure_index()
-            if signature is not None and self.keys.num_rows == rows:
-                _UNIQUE_KEY_LAYOUTS.append(signature)
+        if unique and self._index is None and not self._unique_start and not _known_unique(
+            self._signature
+        ):
+            if has_repeats(self.keys) is False:
+                if self._signature is not None:
+                    _UNIQUE_KEY_LAYOUTS.append(self._signature)
+            else:
+                self._ensure_index()
         return self.keys.append_column(VALUE, pa.array(self.values, pa.float64()))

@@ -173,3 +173,31 @@ class KeyIndex:
                            np.concatenate([self._row_codes[1], c1[first]])]
         self.size += len(first)
         return rows, first
+
+
+def has_repeats(keys: pa.Table) -> bool | None:
+    """Whether any (path, Date) pair repeats, by counting dense key codes.
+
+    About ten times cheaper than building an index; returns None when the key columns are
+    not integers (or dates) of a small enough range, and the caller builds the index instead.
+    """
+    codes, spans = [], []
+    for column in keys.columns:
+        values = _hashable(column)
+        if values.dtype.kind not in "iu" or not len(values):
+            return None if len(values) else False
+        lo, hi = int(values.min()), int(values.max())
+        span = hi - lo + 1
+        if span > max(_DENSE_MIN_CELLS, _DENSE_CELLS_PER_KEY * len(values)):
+            return None
+        seen = np.zeros(span, bool)
+        offsets = values - lo
+        seen[offsets] = True
+        # Number only the values present, so sparse dates (120 of 11,000 days) stay compact.
+        codes.append((np.cumsum(seen) - 1)[offsets])
+        spans.append(int(seen.sum()))
+    cells_total = spans[0] * spans[1]
+    if cells_total > max(_DENSE_MIN_CELLS, _DENSE_CELLS_PER_KEY * keys.num_rows):
+        return None
+    cells = codes[0] * spans[1] + codes[1]
+    return bool(np.bincount(cells, minlength=cells_total).max() > 1)

@@ -17,6 +17,7 @@ from recc.datastore import DataStore
 from recc.jobs.accumulate import (
     COLUMNS,
     KEYS,
+    UNIQUE_FLAG,
     Accumulator,
     InputError,
     Tally,
@@ -91,20 +92,23 @@ def sum_files(
 ) -> TaskReport:
     """Sum ``inputs`` and write the result to ``output`` all or nothing.
 
-    ``final`` writes the group's Parquet output with repeated keys merged; otherwise an
-    uncompressed Arrow IPC partial sum that a final task reads back without decoding.
+    ``final`` writes the group's Parquet output; otherwise an uncompressed Arrow IPC partial
+    sum that a final task reads back without decoding. Repeated keys are merged in both.
     ``files`` is how many of the job's input files this covers (for progress).
     """
     start = time.perf_counter()
     acc = _sum(store, inputs, max_rows, skip_nan=False)
     if acc.has_nan():  # rare: redo exactly, counting NaN as zero like pandas does
         acc = _sum(store, inputs, max_rows, skip_nan=True)
-    table = acc.table(unique=final, schema=schema)
+    # Partials merge repeated keys too (cheap, in parallel, once per key layout per worker)
+    # and say so, so the final task over them need not check again.
+    table = acc.table(unique=True, schema=schema)
     summed = time.perf_counter()
     with store.atomic_write(output) as f:
         if final:
             pq.write_table(table, f, use_dictionary=list(KEYS))
         else:
+            table = table.replace_schema_metadata({UNIQUE_FLAG: b"1"})
             with ipc.new_file(f, table.schema) as writer:
                 writer.write_table(table)
     return TaskReport(

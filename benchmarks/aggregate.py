@@ -1,0 +1,175 @@
+"""Benchmark the reference job against the published approaches, side by side.
+
+On the same generated files and the same cluster, one after another:
+
+- **recc**: ``recc.jobs.aggregate`` (byte-compared keys, value-only decode, MEMORY-bounded);
+- **dataframe**: the published ``dd.read_parquet(files).groupby(["path", "Date"]).sum()``;
+- **bag**: the published ``db.from_sequence(files, partition_size=k).map(load).sum()`` over
+  indexed pandas Series;
+- **floor**: pyarrow decoding only ``value`` plus ``np.add``, in this process on one core -
+  the bound for any approach that must at least decode the values.
+
+Prints seconds, rows/s, rows/s per core and its ratio to the floor, the ratio to the bag sum,
+and each worker's peak memory; then RECC's peak memory as the group grows.
+
+    python benchmarks/aggregate.py --files 4 --paths 5000           # a quick look (~1 min)
+    python benchmarks/aggregate.py --files 16 --paths 50000         # production-sized files
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dask.bag as db
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from distributed import Client
+
+from recc.jobs import aggregate, generate
+
+
+def reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # Linux: peak RSS := current RSS
+        f.write("5")
+
+
+def peak_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load_indexed(path: str) -> pd.Series:
+    return pd.read_parquet(path).set_index(["path", "Date"])["value"]
+
+
+def floor(files: list[str]) -> float:
+    """Seconds to decode only ``value`` of every file and add it up, on one core."""
+    start = time.perf_counter()
+    acc = None
+    for f in files:
+        pf = pq.ParquetFile(pa.memory_map(f))
+        offset = 0
+        for r in range(pf.metadata.num_row_groups):
+            for chunk in pf.read_row_group(r, columns=["value"], use_threads=False)[0].chunks:
+                values = chunk.to_numpy()
+                if acc is None:
+                    acc = np.zeros(pf.metadata.num_rows)
+                np.add(acc[offset : offset + len(values)], values,
+                       out=acc[offset : offset + len(values)])
+                offset += len(values)
+    return time.perf_counter() - start
+
+
+def on_cluster(client: Client, run: Callable[[], Any]) -> tuple[float, dict[str, float], str]:
+    """Seconds, each worker's peak memory (MiB), and 'ok' or the error, for ``run()``."""
+    client.run(reset_peak)
+    start = time.perf_counter()
+    try:
+        run()
+        status = "ok"
+    except Exception as e:  # noqa: BLE001 - a baseline running out of memory is a result
+        status = f"failed: {type(e).__name__}: {str(e)[:80]}"
+    seconds = time.perf_counter() - start
+    return seconds, client.run(peak_mib), status
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=16)
+    parser.add_argument("--paths", type=int, default=50_000)
+    parser.add_argument("--dates", type=int, default=120)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--worker-memory", default="6GiB")
+    parser.add_argument("--skip", default="", help="approaches to skip, e.g. dataframe")
+    parser.add_argument("--dir", default=None, help="where to generate (default: a temp dir)")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+
+    work = args.dir or tempfile.mkdtemp(prefix="recc-bench-")
+    try:
+        t = time.perf_counter()
+        info = generate(f"{work}/in", files=args.files, paths=args.paths, dates=args.dates)
+        files = [f"{info.output}/{f}" for f in info.groups["g000"]]
+        rows = info.rows
+        print(f"generated {args.files} files x {rows // args.files:,} rows "
+              f"({info.bytes / 2**20:,.0f} MiB) in {time.perf_counter() - t:.1f}s")
+        floor(files[:1])  # warm the page cache like every other approach sees it
+        floor_s = floor(files)
+        floor_rate = rows / floor_s
+        print(f"floor (value decode + np.add, 1 core): {floor_s:.2f}s, "
+              f"{floor_rate / 1e6:,.0f} M rows/s")
+
+        from recc import RECCClient, RECCCluster
+
+        spec = dict(n_workers=args.workers, worker_memory=args.worker_memory, worker_cpu=1)
+        with RECCCluster(backend="local", **spec) as cluster, RECCClient(cluster) as client:
+            client.wait_for_workers(args.workers)
+            cores = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
+            # Warm the workers (imports, page cache) so no approach pays for the first.
+            aggregate(groups={"warm": files[:1]}, output=f"{work}/warm", client=client)
+            results: dict[str, tuple[float, dict[str, float], str]] = {}
+            recc_result: list[Any] = []
+
+            def recc_job() -> None:
+                out = f"{work}/out"
+                shutil.rmtree(out, ignore_errors=True)
+                recc_result.append(aggregate(groups={"g": files}, output=out, client=client))
+                recc_result[-1].raise_for_errors()
+
+            results["recc"] = on_cluster(client, recc_job)
+            if "dataframe" not in skip:
+                results["dataframe"] = on_cluster(client, lambda: client.compute(
+                    dd.read_parquet(files).groupby(["path", "Date"]).value.sum()).result())
+            if "bag" not in skip:
+                k = math.ceil(len(files) / cores)
+                results["bag"] = on_cluster(client, lambda: client.compute(
+                    db.from_sequence(files, partition_size=k).map(load_indexed).sum()).result())
+
+            print(f"\n{rows:,} rows, {cores} worker cores, floor {floor_rate / 1e6:,.0f} M "
+                  "rows/s per core")
+            header = (f"{'approach':<10} {'seconds':>8} {'M rows/s':>9} {'/core':>7} "
+                      f"{'vs floor':>8} {'vs bag':>7}  peak MiB per worker")
+            print(header)
+            bag_s = results.get("bag", (float("nan"),))[0]
+            for name, (seconds, peaks, status) in results.items():
+                rate = rows / seconds
+                peak = " ".join(f"{p:,.0f}" for p in peaks.values())
+                print(f"{name:<10} {seconds:>8.2f} {rate / 1e6:>9.1f} {rate / cores / 1e6:>7.1f} "
+                      f"{rate / cores / floor_rate:>8.2f} {bag_s / seconds:>7.1f}  {peak}"
+                      + ("" if status == "ok" else f"  {status}"))
+            g = recc_result[-1].groups["g"] if recc_result else None
+            if g is not None:
+                sum_rate = g.rows_in / g.sum_seconds
+                print(f"\nrecc: summing {sum_rate / 1e6:,.0f} M rows/s per core busy "
+                      f"({sum_rate / floor_rate:.2f}x floor) over {g.tasks} tasks; "
+                      f"{g.sum_seconds:.2f} core-s summing, {g.write_seconds:.2f} core-s "
+                      f"writing; files added by byte compare {g.tally.same_bytes}, by key "
+                      f"compare {g.tally.same_keys}, aligned {g.tally.aligned}")
+
+            print("\nrecc peak memory as the group grows:")
+            for n in sorted({max(1, len(files) // 4), max(1, len(files) // 2), len(files)}):
+                seconds, peaks, status = on_cluster(client, lambda n=n: aggregate(
+                    groups={"g": files[:n]}, output=f"{work}/grow-{n}", client=client))
+                print(f"  {n:>4} files: {seconds:6.2f}s, peak MiB per worker "
+                      + " ".join(f"{p:,.0f}" for p in peaks.values()))
+    finally:
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()
