@@ -500,6 +500,20 @@ def test_a_dask_cluster_becomes_a_tls_scheduler_with_workers_that_scale_and_stop
         ]
         assert sorted(resources, key=str) == [{"BIG": 1}, {"GPU": 1, "MEMORY": 1024}]
         assert len(platform.processes()) == 3
+
+        # Scaling the default worker group itself (as KubeCluster.scale does) holds: only a
+        # change of the DaskCluster's replicas is copied into it.
+        custom.patch_namespaced_custom_object(
+            *DASK,
+            name,
+            "daskworkergroups",
+            f"{name}-default",
+            {"spec": {"worker": {"replicas": 2}}},
+        )
+        client.wait_for_workers(3, timeout=60)
+        dc = custom.get_namespaced_custom_object(*DASK, name, "daskclusters", name)
+        assert dc["spec"]["worker"]["replicas"] == 1
+        assert len(platform.processes()) == 4
     log = core.read_namespaced_pod_log(
         core.list_namespaced_pod(name, label_selector="dask.org/component=scheduler")
         .items[0]

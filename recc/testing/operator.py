@@ -105,6 +105,9 @@ class _Cluster:
     address: str | None = None
     dashboard_port: int | None = None
     workers: dict[str, list[_Member]] = field(default_factory=dict)
+    # DaskCluster spec.worker.replicas last copied to the default worker group: only a change
+    # is copied, so scaling that group directly (as KubeCluster.scale does) is not undone.
+    default_replicas: int | None = None
 
     def members(self) -> list[_Member]:
         return [m for m in [self.scheduler, *sum(self.workers.values(), [])] if m is not None]
@@ -293,19 +296,20 @@ class DaskOperator:
             self._reconcile_group(cluster, obj, name, group)
 
     def _sync_default_replicas(self, cluster: _Cluster, obj: dict[str, Any]) -> None:
+        """The operator's replica handler: a changed ``spec.worker.replicas`` of the
+        DaskCluster scales its default worker group."""
         replicas = obj["spec"]["worker"].get("replicas")
-        default = self.kube.get_object(
-            "daskworkergroups", f"{cluster.name}-default", cluster.namespace
+        if cluster.default_replicas is None or replicas == cluster.default_replicas:
+            cluster.default_replicas = replicas
+            return
+        cluster.default_replicas = replicas
+        self._ignore_missing(
+            self.kube.patch_object,
+            "daskworkergroups",
+            f"{cluster.name}-default",
+            {"spec": {"worker": {"replicas": replicas}}},
+            cluster.namespace,
         )
-        if default is not None and replicas is not None:
-            if default["spec"]["worker"].get("replicas") != replicas:
-                self._ignore_missing(
-                    self.kube.patch_object,
-                    "daskworkergroups",
-                    default["metadata"]["name"],
-                    {"spec": {"worker": {"replicas": replicas}}},
-                    cluster.namespace,
-                )
 
     # -- the scheduler ---------------------------------------------------------------------
 
