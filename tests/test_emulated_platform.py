@@ -632,3 +632,29 @@ def test_recc_cluster_on_the_eks_backend_runs_end_to_end_and_leaves_nothing(plat
     assert templates == []
     assert core.list_namespace(label_selector=managed).items == []
     wait_for(lambda: node_names(core, f"{name}-default") == [], what="the cluster's nodes")
+
+
+def test_an_idle_scheduler_exits_and_its_dask_cluster_is_deleted(platform, apis, tmp_path: Path):
+    """spec.idleTimeout: the scheduler stops itself when idle, and the DaskCluster goes with
+    it, as the operator's autoshutdown does; the Service and worker group are collected."""
+    core, custom = apis
+    name = "emu-idle"
+    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespaced_secret(name, tls_secret(name, create_cluster_tls(name, tmp_path)))
+    cluster = dask_cluster(name, 0, [])
+    cluster["spec"]["idleTimeout"] = 2
+    custom.create_namespaced_custom_object(*DASK, name, "daskclusters", cluster)
+    wait_for(lambda: platform.processes(), what="the scheduler to start")
+
+    def gone() -> bool:
+        try:
+            custom.get_namespaced_custom_object(*DASK, name, "daskclusters", name)
+        except ApiException as e:
+            return e.status == 404
+        return False
+
+    wait_for(gone, what="the idle cluster's DaskCluster to be deleted")
+    wait_for(lambda: platform.processes() == [], what="the idle scheduler to be gone")
+    assert core.list_namespaced_service(name).items == []
+    assert custom.list_namespaced_custom_object(*DASK, name, "daskworkergroups")["items"] == []
+    core.delete_namespace(name)
