@@ -14,6 +14,7 @@ and each worker's peak memory; then RECC's peak memory as the group grows.
 
     python benchmarks/aggregate.py --files 4 --paths 5000           # a quick look (~1 min)
     python benchmarks/aggregate.py --files 16 --paths 50000         # production-sized files
+    python benchmarks/aggregate.py --files 16 --copies 8 --skip dataframe   # a 128-file group
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--paths", type=int, default=50_000)
     parser.add_argument("--dates", type=int, default=120)
+    parser.add_argument("--copies", type=int, default=1,
+                        help="list every file this many times (hard links): bigger groups "
+                        "without more disk")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-memory", default="6GiB")
     parser.add_argument("--skip", default="", help="approaches to skip, e.g. dataframe")
@@ -103,12 +107,17 @@ def main() -> None:
         t = time.perf_counter()
         info = generate(f"{work}/in", files=args.files, paths=args.paths, dates=args.dates)
         files = [f"{info.output}/{f}" for f in info.groups["g000"]]
-        rows = info.rows
-        print(f"generated {args.files} files x {rows // args.files:,} rows "
+        print(f"generated {args.files} files x {info.rows // args.files:,} rows "
               f"({info.bytes / 2**20:,.0f} MiB) in {time.perf_counter() - t:.1f}s")
+        for copy in range(1, args.copies):
+            for f in files[: args.files]:
+                os.link(f, f"{f[: -len('.parquet')]}-copy{copy}.parquet")
+                files.append(f"{f[: -len('.parquet')]}-copy{copy}.parquet")
+        rows = info.rows * args.copies
         floor(files[:1])  # warm the page cache like every other approach sees it
         floor_s = floor(files)
         floor_rate = rows / floor_s
+        print(f"group of {len(files)} files, {rows:,} rows")
         print(f"floor (value decode + np.add, 1 core): {floor_s:.2f}s, "
               f"{floor_rate / 1e6:,.0f} M rows/s")
 
@@ -118,8 +127,11 @@ def main() -> None:
         with RECCCluster(backend="local", **spec) as cluster, RECCClient(cluster) as client:
             client.wait_for_workers(args.workers)
             cores = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())
-            # Warm the workers (imports, page cache) so no approach pays for the first.
-            aggregate(groups={"warm": files[:1]}, output=f"{work}/warm", client=client)
+            # Warm every worker (imports, page cache) so no approach pays for being first.
+            client.run(lambda: [__import__(m) for m in (
+                "recc.jobs.tasks", "dask.dataframe", "dask.bag", "pandas", "pyarrow.parquet")])
+            warm = {f"w{i}": files[i : i + 1] for i in range(min(len(files), 2 * cores))}
+            aggregate(groups=warm, output=f"{work}/warm", client=client)
             results: dict[str, tuple[float, dict[str, float], str]] = {}
             recc_result: list[Any] = []
 

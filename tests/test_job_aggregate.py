@@ -156,3 +156,39 @@ def test_a_cluster_without_the_resource_is_refused(tmp_path):
             info = generate(str(tmp_path / "in"), files=1, paths=5, dates=5)
             with pytest.raises(Exception, match="MEMORY"):
                 aggregate(info.output, str(tmp_path / "out"), client=c)
+
+
+class RecordWorkers(SchedulerPlugin):
+    """Records which worker ran each of the job's tasks."""
+
+    name = "record-workers"
+
+    def __init__(self):
+        self.ran_on: dict[str, str] = {}
+
+    async def start(self, scheduler):
+        self.scheduler = scheduler
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "processing" and str(key).startswith("recc-sum"):
+            self.ran_on[str(key)] = self.scheduler.tasks[key].processing_on.address
+
+
+def test_many_groups_of_very_different_sizes_at_once(client, tmp_path):
+    sizes = [1] * 12 + [0, 2, 5, 17, 30]
+    info = generate(str(tmp_path / "in"), group_sizes=sizes, paths=15, dates=8, seed=3,
+                    missing=0.05)
+    plugin = RecordWorkers()
+    client.register_plugin(plugin)
+    try:
+        result = aggregate(info.output, str(tmp_path / "out"), client=client,
+                           max_files_per_task=6)
+        ran_on = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.plugins["record-workers"].ran_on)
+    finally:
+        client.unregister_scheduler_plugin("record-workers")
+    assert result.ok, result.failed
+    check(result, info.groups, info.output)
+    # 15 single-task groups (one is empty), then lanes + final for 17 files (3+1) and 30 (5+1).
+    assert len(ran_on) == sum(g.tasks for g in result.groups.values()) == 15 + 4 + 6
+    assert len(set(ran_on.values())) == 2  # both workers took work
