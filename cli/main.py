@@ -7,7 +7,7 @@ assembles them.
 from __future__ import annotations
 
 import typer
-from recc.cli import budget, clusters, cost, plan, platform
+from recc.cli import budget, clusters, cost, harvest, plan, platform
 from recc.cli import job
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.add_typer(platform.app, name="platform")
 app.add_typer(budget.app, name="budget")
 cost.register(app)
 app.add_typer(job.app, name="job")
+harvest.register(app)
 
 
 def main() -> None:

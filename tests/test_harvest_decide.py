@@ -42,7 +42,11 @@ PROTECTION = {
     "future": {"protected": True, "protected_until": NOW + dt.timedelta(hours=1)},
     "past": {"protected": True, "protected_until": NOW - dt.timedelta(seconds=1)},
 }
-EXPIRY = {"none": None, "past": NOW - dt.timedelta(seconds=1), "future": NOW + dt.timedelta(hours=1)}
+EXPIRY = {
+    "none": None,
+    "past": NOW - dt.timedelta(seconds=1),
+    "future": NOW + dt.timedelta(hours=1),
+}
 IDLE_LONG = SchedulerEvidence(idle_seconds=2 * 3600, clients=0, workers=1)
 SCHEDULER = {
     "busy": {"scheduler": SchedulerEvidence(idle_seconds=None, clients=1, processing=2)},
@@ -71,7 +75,9 @@ SCHEDULER = {
 }
 
 
-def expected(managed, readable, protection, age, parts, expiry, scheduler) -> tuple[str, str]:
+def expected(
+    managed, readable, protection, interrupted, age, parts, expiry, scheduler
+) -> tuple[str, str]:
     """(category, decision) by the issue's precedence, from the names of the cases."""
     if not managed:
         return "unmanaged", "keep"
@@ -79,6 +85,8 @@ def expected(managed, readable, protection, age, parts, expiry, scheduler) -> tu
         return "unreadable", "keep"
     if protection in ("forever", "future"):
         return "protected", "keep"
+    if interrupted:
+        return "idle", "reap"  # the interrupted reap's own category
     if age == "unknown":
         return "unreadable", "keep"
     if age == "young":
@@ -105,7 +113,9 @@ def expected(managed, readable, protection, age, parts, expiry, scheduler) -> tu
     }[scheduler]
 
 
-def observation(managed, readable, protection, age, parts, expiry, scheduler) -> Observation:
+def observation(
+    managed, readable, protection, interrupted, age, parts, expiry, scheduler
+) -> Observation:
     return Observation(
         cluster="recc-alice-1",
         backend="eks",
@@ -117,14 +127,23 @@ def observation(managed, readable, protection, age, parts, expiry, scheduler) ->
         unreadable=None if readable else "the namespace's labels could not be read (HTTP 500)",
         present=("namespace", "launch template") if parts == "partial" else (),
         missing=("node group recc-alice-1-default",) if parts == "partial" else (),
+        interrupted=INTERRUPTED if interrupted else None,
         **PROTECTION[protection],
         **SCHEDULER[scheduler],
     )
 
 
+INTERRUPTED = ("idle", "idle for 2h with no client connected", "2026-11-02T11:50:00Z")
 CASES = list(
     itertools.product(
-        (True, False), (True, False), PROTECTION, AGES, ("complete", "partial"), EXPIRY, SCHEDULER
+        (True, False),
+        (True, False),
+        PROTECTION,
+        (False, True),
+        AGES,
+        ("complete", "partial"),
+        EXPIRY,
+        SCHEDULER,
     )
 )
 
@@ -153,7 +172,7 @@ def test_every_combination_follows_the_precedence():
 
 
 def test_the_decision_is_a_function_of_its_inputs_only():
-    seen = observation(True, True, "none", "old", "complete", "none", "idle-long")
+    seen = observation(True, True, "none", False, "old", "complete", "none", "idle-long")
     before = dataclasses.replace(seen)
     first = decide(seen, NOW, SETTINGS)
     assert all(decide(seen, NOW, SETTINGS) == first for _ in range(3))
@@ -178,16 +197,19 @@ def test_the_decision_is_a_function_of_its_inputs_only():
     ],
 )
 def test_reasons_say_what_was_seen(scheduler, reason):
-    seen = observation(True, True, "none", "old", "complete", "none", scheduler)
+    seen = observation(True, True, "none", False, "old", "complete", "none", scheduler)
     assert decide(seen, NOW, SETTINGS).reason.startswith(reason)
 
 
 def test_reasons_for_the_other_rules():
     def reason(**changes) -> str:
-        base = observation(True, True, "none", "old", "complete", "none", "idle-long")
+        base = observation(True, True, "none", False, "old", "complete", "none", "idle-long")
         return decide(dataclasses.replace(base, **changes), NOW, SETTINGS).reason
 
     assert reason(managed=False).startswith("not managed by RECC")
+    assert reason(interrupted=INTERRUPTED, created_at=NOW) == (
+        "finishing the reap started at 2026-11-02T11:50:00Z: idle for 2h with no client connected"
+    )
     assert reason(unreadable="tags could not be read").startswith(
         "kept because tags could not be read"
     )
@@ -204,13 +226,17 @@ def test_reasons_for_the_other_rules():
     assert reason(missing=("node group x-default",), present=("namespace x",)) == (
         "orphaned: node group x-default gone; namespace x left (3h old)"
     )
-    assert reason(
-        created_at=ago(20 * MIN), missing=("namespace x",), present=("node group x-default",)
-    ) == "incomplete (namespace x gone; node group x-default left); reaped if still incomplete at 30m old"
+    assert (
+        reason(
+            created_at=ago(20 * MIN), missing=("namespace x",), present=("node group x-default",)
+        )
+        == "incomplete (namespace x gone; node group x-default left); reaped if still "
+        "incomplete at 30m old"
+    )
 
 
 def test_expiry_beats_busy_and_protection_beats_expiry():
-    busy_and_expired = observation(True, True, "none", "old", "complete", "past", "busy")
+    busy_and_expired = observation(True, True, "none", False, "old", "complete", "past", "busy")
     assert decide(busy_and_expired, NOW, SETTINGS).category == "expired"
     protected = dataclasses.replace(busy_and_expired, protected=True)
     assert decide(protected, NOW, SETTINGS).category == "protected"

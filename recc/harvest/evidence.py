@@ -62,12 +62,12 @@ class SchedulerEvidence:
     def activity(self) -> str:
         """The work in progress, for people: ``"3 tasks processing, 10 queued"``."""
         parts = [
-            f"{n} {what}"
-            for n, what in (
-                (self.processing, "tasks processing"),
-                (self.queued, "queued"),
-                (self.unrunnable, "unrunnable"),
-                (self.graph_updates, "graphs being submitted"),
+            f"{n} {one if n == 1 else many}"
+            for n, one, many in (
+                (self.processing, "task processing", "tasks processing"),
+                (self.queued, "queued", "queued"),
+                (self.unrunnable, "unrunnable", "unrunnable"),
+                (self.graph_updates, "graph being submitted", "graphs being submitted"),
             )
             if n
         ]
@@ -109,6 +109,8 @@ class Observation:
     present: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     unreadable: str | None = None
+    # A reap that started and did not finish (a failure midway): (category, reason, at).
+    interrupted: tuple[str, str, str] | None = None
     # Free-form facts for the JSON output (scheduler address, node groups ...).
     details: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -170,7 +172,9 @@ class HarvestSettings:
             key = "harvest." + name.replace("_", "-")
             values[name] = _seconds(key, config.get(key, override=overrides.get(name)))
         key = "harvest.max-deletions"
-        values["max_deletions"] = _count(key, config.get(key, override=overrides.get("max_deletions")))
+        values["max_deletions"] = _count(
+            key, config.get(key, override=overrides.get("max_deletions"))
+        )
         return cls(**values)
 
 
