@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import dask.config
-import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
@@ -265,11 +264,6 @@ class DataStore:
     def join(self, base: str, *parts: str) -> str:
         """``base`` with ``parts`` appended, keeping the scheme (``recc://``, ``s3://``)."""
         return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
-
-    def open_url(self, url: str) -> fsspec.core.OpenFile:
-        """An fsspec OpenFile for reading ``url`` (for libraries that take one)."""
-        fs, path = self.locate(url)
-        return fsspec.core.OpenFile(fs, path, "rb")
 
 
 def _names(value: Any) -> list[str]:
