@@ -176,15 +176,23 @@ def test_create_compute_read_back_find_scale_and_delete(platform, kube, tmp_path
         secret = core.read_namespaced_secret("recc-e2e-tls", "recc-e2e")
         assert base64.b64decode(secret.data["ca.crt"]).startswith(b"-----BEGIN CERTIFICATE")
 
-        # Another machine: no local files, only the platform. Found from labels and tags, the
-        # TLS material read from the Secret, and closing it leaves the cluster running.
-        with dask.config.set({"recc.state-dir": str(tmp_path / "elsewhere")}):
+        # Another machine, outside the load balancer's reach: no local files, only the
+        # platform. Found from labels and tags, the TLS material read from the Secret, reached
+        # through a port-forward; closing it leaves the cluster running.
+        elsewhere = {
+            "recc.state-dir": str(tmp_path / "elsewhere"),
+            "recc.eks.connect": "port-forward",
+        }
+        with dask.config.set(elsewhere):
             backend = EKSBackend()
             assert "recc-e2e" in [r.name for r in backend.list()]
             with RECCCluster.from_name("recc-e2e", backend="eks") as other, RECCClient(other) as c2:
+                assert other.record.details["route"] == "port-forward"
+                assert other.scheduler_address.startswith("tls://127.0.0.1:")
                 assert c2.submit(sum, [1, 2]).result() == 3
-                assert other.spec.n_workers == 4
+                assert other.spec.n_workers == 4 and other.record.owner == cluster.record.owner
             assert (tmp_path / "elsewhere" / "clusters" / "recc-e2e" / "tls" / "key.pem").is_file()
+            assert ("kube", "get", "pods/portforward") in platform.calls
             status = backend.status(backend.find("recc-e2e"))
             assert (status.state, status.workers_running) == ("running", 4)
         assert "recc-e2e" in recc_namespaces(kube)
@@ -330,3 +338,58 @@ def test_a_failure_in_any_create_call_leaves_nothing_behind(platform, kube):
     assert "at step 'DaskCluster recc-fault" in outcomes[("kube", "create", "daskclusters")]
     assert "at step 'nodes ready'" in outcomes[("kube", "list", "nodes")]
     assert "at step 'scheduler reachable'" in outcomes[("kube", "get", "services")]
+
+
+@pytest.mark.parametrize(
+    "fault, remains",
+    [
+        # The Dask resources: their namespace takes them along anyway.
+        ({"kube": ("delete", "daskclusters"), "status": 500}, None),
+        # The node group: it and its launch template stay; the rest goes.
+        (
+            {
+                "aws": ("eks", "UpdateNodegroupConfig"),
+                "status": 403,
+                "code": "AccessDeniedException",
+            },
+            "aws eks delete-nodegroup --cluster-name",
+        ),
+        (
+            {"aws": ("eks", "DeleteNodegroup"), "status": 403, "code": "AccessDeniedException"},
+            "aws eks delete-nodegroup --cluster-name",
+        ),
+        # The launch template.
+        (
+            {"aws": ("ec2", "DeleteLaunchTemplate"), "status": 500},
+            "aws ec2 delete-launch-template --launch-template-name",
+        ),
+        # The namespace.
+        ({"kube": ("delete", "namespaces"), "status": 500}, "kubectl delete namespace"),
+    ],
+    ids=["dask-resources", "nodegroup-scale", "nodegroup-delete", "launch-template", "namespace"],
+)
+def test_a_failure_at_any_delete_step_is_reported_and_a_rerun_finishes(
+    platform, kube, fault, remains
+):
+    name = f"recc-del-{fault.get('kube', fault.get('aws'))[1].lower()}"
+    EKSBackend().create(*_record_and_estimate(name))
+    if remains == "kubectl delete namespace":
+        # While at it: a failure to look the cluster up removes nothing and says so.
+        platform.inject_failure(kube=("get", "namespaces"))
+        with pytest.raises(BackendError, match="Nothing was removed"):
+            EKSBackend().delete(name)
+        assert name in recc_namespaces(kube)
+    platform.inject_failure(**fault)
+    try:
+        if remains is None:
+            assert EKSBackend().delete(name) is True
+        else:
+            with pytest.raises(BackendError) as info:
+                EKSBackend().delete(name)
+            message = str(info.value)
+            assert f"deleting cluster {name!r} failed at step" in message
+            assert remains in message and f"recc down {name}" in message
+            assert EKSBackend().delete(name) is True  # the re-run removes the rest
+    finally:
+        platform.clear_failures()
+    assert_nothing_left(platform, kube, name)

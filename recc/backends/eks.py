@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -83,8 +84,10 @@ from recc.waiting import Observation, Waiter
 
 SPEC_ANNOTATION = "recc.io/spec"
 COST_ANNOTATION = "recc.io/usd-per-hour"
+VCPUS_ANNOTATION = "recc.io/vcpus"
 DASK_GROUP = "kubernetes.dask.org/v1"
 _MANAGED = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+logger = logging.getLogger("recc")
 
 
 # -- platform settings ------------------------------------------------------------------------
@@ -120,6 +123,9 @@ class EKSPlatform:
             role,
             tuple(config.get("eks.security-groups") or ()),
         )
+
+
+_EXTERNAL_ERRORS = (ApiException, ClientError, BotoCoreError, HTTPError, OSError)
 
 
 def _timeout(phase: str, default: float) -> tuple[float, str]:
@@ -259,7 +265,7 @@ class EKSBackend:
         with closing(self._connect(for_create=True)) as conn:
             try:
                 exists = bool(self._discover(conn, name))
-            except (ApiException, ClientError, BotoCoreError, HTTPError) as e:
+            except _EXTERNAL_ERRORS as e:
                 message = failure_message(f"creating cluster {name!r}", "check name", e, [])
                 raise BackendError(message) from e
             if exists:
@@ -320,7 +326,7 @@ class EKSBackend:
         manifests = render_manifests(
             spec, plan, owner, settings, TLSMaterial(*tls.pem()), owner_subject=user
         )
-        _annotate_namespace(manifests, spec, record.usd_per_hour)
+        _annotate_namespace(manifests, spec, record)
         ngs = nodegroups.nodegroup_specs(
             name,
             plan,
@@ -602,6 +608,7 @@ class EKSBackend:
             created_at=annotations.get("recc.io/created-at") or tags.get("recc:created-at", ""),
             spec=json.loads(spec) if spec else {},
             usd_per_hour=float(annotations.get(COST_ANNOTATION) or 0.0),
+            vcpus=float(annotations.get(VCPUS_ANNOTATION) or 0.0),
             details={
                 "eks_cluster": platform.cluster_name,
                 "namespace": found.name if found.namespace else None,
@@ -708,10 +715,38 @@ class EKSBackend:
         """Remove every trace of cluster ``name``; False when there was nothing to remove.
 
         Order: Dask resources, node groups (scaled to 0, deleted, waited for), launch
-        templates, namespace. Safe to run again after a failure or a crash midway: each step
-        skips what is gone. Raises :class:`BackendError` listing what could not be removed.
+        templates, namespace. A step that fails does not stop the others; what is still there
+        afterwards is looked up again and reported in a :class:`BackendError` with the command
+        that removes it. Safe to run again after a failure or a crash midway.
         """
         self._stop_forward(name)
+        what = f"deleting cluster {name!r}"
+        with closing(self._connect()) as conn:
+            try:
+                found = self._discover(conn, name)
+            except _EXTERNAL_ERRORS as e:
+                raise BackendError(
+                    f"{what} failed while finding its resources: {describe(e)}. Nothing was "
+                    f"removed; run `recc down {name}` again."
+                ) from e
+            if not found:
+                existed = state.exists(name)
+                state.remove(name)
+                return existed
+            problems = self._remove(conn, found)
+            remaining = self._residue(conn, name, []) if problems else []
+        if remaining:
+            first = problems[0]
+            raise BackendError(
+                failure_message(what, first.step, first.error, remaining, f"recc down {name}")
+            )
+        for problem in problems:  # a later step (the namespace) took care of it
+            logger.info("%s: %s failed (%s), removed anyway", what, problem.step, problem.error)
+        state.remove(name)
+        return True
+
+    def _remove(self, conn: _Conn, found: Found) -> list[Leftover]:
+        """Delete what ``found`` holds, in order; the steps that failed."""
         problems: list[Leftover] = []
 
         def attempt(step: str, action: Callable[[], Any], remedy: str) -> bool:
@@ -722,59 +757,33 @@ class EKSBackend:
                 problems.append(Leftover(step, describe(e), remedy))
                 return False
 
-        with closing(self._connect()) as conn:
-            found = self._discover(conn, name)
-            if not found:
-                existed = state.exists(name)
-                state.remove(name)
-                return existed
-            if found.namespace is not None:
-                for kind in ("DaskWorkerGroup", "DaskCluster"):
-                    for obj in apply.list_objects(conn.api, DASK_GROUP, kind, name, _MANAGED):
-                        ref = Ref.of(obj)
-                        attempt(
-                            str(ref),
-                            lambda ref=ref: apply.delete(conn.api, ref),
-                            ref.kubectl_delete(),
-                        )
-            groups = [ng["nodegroupName"] for ng in found.nodegroups]
-            groups_gone = attempt(
-                f"node groups {', '.join(groups)}",
-                lambda: self._delete_nodegroups(conn, groups),
-                "; ".join(_remove_nodegroup(conn.platform, g) for g in groups),
-            )
-            for lt in found.launch_templates:
-                step = f"launch template {lt['LaunchTemplateName']}"
-                remedy = _remove_launch_template(conn.platform, lt["LaunchTemplateName"])
-                if groups_gone:  # a node group still using it would break
-                    attempt(
-                        step,
-                        lambda lt=lt: nodegroups.delete_launch_template(
-                            conn.ec2, lt["LaunchTemplateName"]
-                        ),
-                        remedy,
-                    )
-                else:
-                    problems.append(Leftover(step, "kept while its node group exists", remedy))
-            if found.namespace is not None:
+        def delete_dask_resources() -> None:
+            for kind in ("DaskWorkerGroup", "DaskCluster"):
+                for obj in apply.list_objects(conn.api, DASK_GROUP, kind, found.name, _MANAGED):
+                    ref = Ref.of(obj)
+                    attempt(str(ref), lambda ref=ref: apply.delete(conn.api, ref), "")
+
+        if found.namespace is not None:
+            attempt("Dask resources", delete_dask_resources, "")
+        groups = [ng["nodegroupName"] for ng in found.nodegroups]
+        groups_gone = attempt(
+            f"node groups {', '.join(groups)}", lambda: self._delete_nodegroups(conn, groups), ""
+        )
+        for lt in found.launch_templates:
+            template = lt["LaunchTemplateName"]
+            if groups_gone:  # not while a node group may still launch instances from it
                 attempt(
-                    f"namespace {name}",
-                    lambda: apply.delete(conn.api, _namespace_ref(name)),
-                    f"kubectl delete namespace {name}",
+                    f"launch template {template}",
+                    lambda t=template: nodegroups.delete_launch_template(conn.ec2, t),
+                    "",
                 )
-        if problems:
-            first = problems[0]
-            raise BackendError(
-                failure_message(
-                    f"deleting cluster {name!r}",
-                    first.step,
-                    first.error,
-                    problems,
-                    f"recc down {name}",
-                )  # fmt: skip
+        if found.namespace is not None:
+            attempt(
+                f"namespace {found.name}",
+                lambda: apply.delete(conn.api, _namespace_ref(found.name)),
+                "",
             )
-        state.remove(name)
-        return True
+        return problems
 
     def _delete_nodegroups(self, conn: _Conn, names: list[str]) -> None:
         """Scale each node group to 0 and delete it; wait (bounded) until all are gone."""
@@ -819,14 +828,18 @@ class _Counter:
             self._progress(self._phase, self._done, self._total)
 
 
-def _annotate_namespace(manifests: list[dict[str, Any]], spec: ClusterSpec, usd: float) -> None:
-    """Keep the spec and the estimate on the namespace, so any machine can rebuild the record."""
+def _annotate_namespace(
+    manifests: list[dict[str, Any]], spec: ClusterSpec, record: ClusterRecord
+) -> None:
+    """Keep the spec, the estimate and the quota figure on the namespace, so any machine can
+    rebuild the record from the cluster alone."""
     for doc in manifests:
         if doc["kind"] == "Namespace":
             doc["metadata"].setdefault("annotations", {}).update(
                 {
                     SPEC_ANNOTATION: json.dumps(spec.to_dict(), sort_keys=True),
-                    COST_ANNOTATION: f"{usd:.4f}",
+                    COST_ANNOTATION: f"{record.usd_per_hour:.4f}",
+                    VCPUS_ANNOTATION: f"{record.vcpus:g}",
                 }
             )
 
