@@ -176,28 +176,33 @@ class KeyIndex:
 
 
 def has_repeats(keys: pa.Table) -> bool | None:
-    """Whether any (path, Date) pair repeats, by counting dense key codes.
+    """Whether any (path, Date) pair repeats, by marking dense key cells in a bitmap.
 
-    About ten times cheaper than building an index; returns None when the key columns are
+    Several times cheaper than building an index; returns None when the key columns are
     not integers (or dates) of a small enough range, and the caller builds the index instead.
     """
+    if not keys.num_rows:
+        return False
+    budget = max(_DENSE_MIN_CELLS, _DENSE_CELLS_PER_KEY * keys.num_rows)
     codes, spans = [], []
     for column in keys.columns:
         values = _hashable(column)
-        if values.dtype.kind not in "iu" or not len(values):
-            return None if len(values) else False
-        lo, hi = int(values.min()), int(values.max())
-        span = hi - lo + 1
-        if span > max(_DENSE_MIN_CELLS, _DENSE_CELLS_PER_KEY * len(values)):
+        if values.dtype.kind not in "iu":
             return None
-        seen = np.zeros(span, bool)
-        offsets = values - lo
-        seen[offsets] = True
-        # Number only the values present, so sparse dates (120 of 11,000 days) stay compact.
-        codes.append((np.cumsum(seen) - 1)[offsets])
-        spans.append(int(seen.sum()))
-    cells_total = spans[0] * spans[1]
-    if cells_total > max(_DENSE_MIN_CELLS, _DENSE_CELLS_PER_KEY * keys.num_rows):
-        return None
+        lo, hi = int(values.min()), int(values.max())
+        if hi - lo + 1 > budget:
+            return None
+        codes.append(values - lo)
+        spans.append(hi - lo + 1)
+    if spans[0] * spans[1] > budget:
+        # Sparse second column (120 dates over 11,000 days): number only the values present.
+        present = np.zeros(spans[1], bool)
+        present[codes[1]] = True
+        codes[1] = (np.cumsum(present) - 1)[codes[1]]
+        spans[1] = int(present.sum())
+        if spans[0] * spans[1] > budget:
+            return None
     cells = codes[0] * spans[1] + codes[1]
-    return bool(np.bincount(cells, minlength=cells_total).max() > 1)
+    marked = np.zeros(spans[0] * spans[1], bool)
+    marked[cells] = True
+    return int(np.count_nonzero(marked)) != len(cells)
