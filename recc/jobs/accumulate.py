@@ -181,11 +181,10 @@ def open_source(store: DataStore, url: str) -> Source:
 
 
 def _plain_keys(table: pa.Table) -> pa.Table:
-    columns = []
-    for col in table.columns:
-        if pa.types.is_dictionary(col.type):
-            col = pc.cast(col, col.type.value_type)
-        columns.append(col.combine_chunks())
+    # Chunks stay as read (one per row group): copying them together would cost more than
+    # decoding them, and nothing on the fast path needs them contiguous.
+    columns = [pc.cast(c, c.type.value_type) if pa.types.is_dictionary(c.type) else c
+               for c in table.columns]
     return pa.table(columns, names=list(KEYS))
 
 
