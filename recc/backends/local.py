@@ -10,77 +10,26 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 from distributed.security import Security
 
 from recc import config, state
 from recc.backends.base import ClusterStatus, Progress
 from recc.errors import BackendError, ClusterNotFound
 from recc.estimate import Estimate
+from recc.procs import alive, scheduler_args, spawn, stop, tls_args
 from recc.spec import ClusterSpec, WorkerGroup, build_spec
 from recc.state import ClusterRecord
 from recc.tls import TLSFiles, create_cluster_tls
 from recc.units import MiB
 
-_STOP_GRACE = 10.0
-
 
 def worker_resources(group: WorkerGroup) -> dict[str, float]:
     """The group's Dask resources; every worker advertises MEMORY (MiB) unless given."""
     return {"MEMORY": group.worker_memory // MiB, **group.resources}
-
-
-def _proc_ref(process: subprocess.Popen) -> dict[str, Any]:
-    try:
-        created = psutil.Process(process.pid).create_time()
-    except psutil.NoSuchProcess:
-        created = 0.0
-    return {"pid": process.pid, "create_time": created}
-
-
-def _alive(ref: dict[str, Any]) -> bool:
-    """Whether the process is still ours and running (not reused, not a zombie)."""
-    try:
-        proc = psutil.Process(ref["pid"])
-        if abs(proc.create_time() - ref["create_time"]) > 1:
-            return False
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            _reap(ref["pid"])
-            return False
-        return True
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass  # not our child: init reaps it
-
-
-def _stop(refs: list[dict[str, Any]]) -> None:
-    """SIGTERM each process group, wait, then SIGKILL what is left."""
-    live = [r for r in refs if _alive(r)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for ref in live:
-            try:
-                os.killpg(ref["pid"], sig)  # the group holds the nanny and its worker
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + _STOP_GRACE
-        while live and time.monotonic() < deadline:
-            live = [r for r in live if _alive(r)]
-            time.sleep(0.05)
-        if not live:
-            return
 
 
 class LocalBackend:
@@ -132,30 +81,8 @@ class LocalBackend:
     def _spawn(
         self, record: ClusterRecord, args: list[str], log_name: str, env: dict[str, str]
     ) -> dict[str, Any]:
-        log_path = state.cluster_dir(record.name) / "logs" / log_name
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # detached: survives the caller, own process group
-                close_fds=True,
-                env=env,
-                cwd=state.cluster_dir(record.name),
-            )
-        return {**_proc_ref(process), "log": log_name}
-
-    @staticmethod
-    def _tls_args(tls: TLSFiles) -> list[str]:
-        return [
-            "--tls-ca-file",
-            str(tls.ca_file),
-            "--tls-cert",
-            str(tls.cert_file),
-            "--tls-key",
-            str(tls.key_file),
-        ]
+        directory = state.cluster_dir(record.name)
+        return {**spawn(args, directory / "logs" / log_name, env, directory), "log": log_name}
 
     @staticmethod
     def _scheduler_file(record: ClusterRecord) -> Path:
@@ -163,20 +90,7 @@ class LocalBackend:
 
     def _spawn_scheduler(self, record: ClusterRecord, spec: ClusterSpec, tls: TLSFiles) -> None:
         scheduler_file = self._scheduler_file(record)
-        args = [
-            "distributed.cli.dask_scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--protocol",
-            "tls",
-            "--scheduler-file",
-            str(scheduler_file),
-            "--dashboard-address",
-            "127.0.0.1:0",
-            *self._tls_args(tls),
-        ]
+        args = scheduler_args(scheduler_file, tls)
         if spec.idle_timeout:
             args += ["--idle-timeout", f"{spec.idle_timeout:g}s"]
         ref = self._spawn(record, args, "scheduler.log", self._command_env(spec))
@@ -189,7 +103,7 @@ class LocalBackend:
         progress("scheduler", 0, 1)
         deadline = time.monotonic() + self.start_timeout
         while not scheduler_file.is_file():
-            if not _alive(ref):
+            if not alive(ref):
                 raise BackendError(
                     f"the scheduler exited at start; see {self._log(record, 'scheduler.log')}"
                 )
@@ -251,7 +165,7 @@ class LocalBackend:
             "60",
             "--local-directory",
             str(state.cluster_dir(record.name) / "work"),
-            *self._tls_args(tls),
+            *tls_args(tls),
         ]
         ref = self._spawn(
             record, args, f"workers-{group.name}-{batch}.log", self._command_env(spec)
@@ -270,7 +184,7 @@ class LocalBackend:
                 progress("workers", min(joined, n), n)
                 if joined >= n:
                     return
-                dead = [h for h in record.details["hosts"] if not _alive(h)]
+                dead = [h for h in record.details["hosts"] if not alive(h)]
                 if dead:
                     raise BackendError(
                         f"worker processes exited at start; see {self._log(record, dead[0]['log'])}"
@@ -311,7 +225,7 @@ class LocalBackend:
             elif n_workers < len(mine):
                 client.retire_workers(names=mine[n_workers:], close_workers=True)
             record.spec = spec.replace(n_workers=max(n_workers, 1)).to_dict()
-            record.details["hosts"] = [h for h in record.details["hosts"] if _alive(h)]
+            record.details["hosts"] = [h for h in record.details["hosts"] if alive(h)]
             state.save(record)
         if n_workers > len(mine):
             self._wait_for_workers(
@@ -335,9 +249,9 @@ class LocalBackend:
     def status(self, record: ClusterRecord) -> ClusterStatus:
         """running while the scheduler lives; failed when it died (idle shutdown included)."""
         scheduler = record.details.get("scheduler")
-        if not scheduler or not _alive(scheduler):
+        if not scheduler or not alive(scheduler):
             return ClusterStatus("failed", 0, "scheduler process is not running")
-        hosts = [h for h in record.details.get("hosts", []) if _alive(h)]
+        hosts = [h for h in record.details.get("hosts", []) if alive(h)]
         return ClusterStatus("running", sum(h["count"] for h in hosts))
 
     def security(self, record: ClusterRecord) -> Security:
@@ -366,6 +280,6 @@ class LocalBackend:
         refs = [*record.details.get("hosts", [])]
         if record.details.get("scheduler"):
             refs.append(record.details["scheduler"])
-        _stop(refs)
+        stop(refs)
         state.remove(name)
         return True

@@ -43,8 +43,6 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -54,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recc.backends.local import _alive, _proc_ref, _stop
+from recc.procs import alive, scheduler_args, spawn, stop, tls_args
 from recc.testing.fake_kube import FakeKubeError, FakeKubeServer
 from recc.tls import TLSFiles
 from recc.units import parse_cpu, parse_memory
@@ -178,7 +176,7 @@ class DaskOperator:
         with self._lock:
             refs = [m.ref for c in self._clusters.values() for m in c.members() if m.ref]
             self._clusters.clear()
-        _stop(refs)
+        stop(refs)
 
     def processes(self) -> list[EmulatedProcess]:
         """The processes running now, scheduler first within each cluster."""
@@ -187,7 +185,7 @@ class DaskOperator:
                 EmulatedProcess(c.namespace, c.name, m.component, m.pod, m.ref["pid"], m.log)
                 for c in self._clusters.values()
                 for m in c.members()
-                if m.ref and _alive(m.ref)
+                if m.ref and alive(m.ref)
             ]
 
     def pod_log(self, namespace: str, pod: str) -> str:
@@ -326,7 +324,7 @@ class DaskOperator:
             self._try_start_scheduler(cluster, obj, member, pod_spec)
         elif member.phase == "Starting":
             self._check_scheduler_started(cluster, obj, member)
-        elif member.phase == "Running" and not _alive(member.ref):
+        elif member.phase == "Running" and not alive(member.ref):
             if obj["spec"].get("idleTimeout"):
                 # The operator's autoshutdown: an idle cluster's DaskCluster is deleted.
                 self._ignore_missing(
@@ -354,26 +352,13 @@ class DaskOperator:
         env, args = self._container_env_args(cluster, pod_spec, container, {})
         scheduler_file = cluster.directory / "scheduler.json"
         scheduler_file.unlink(missing_ok=True)
-        command = [
-            "distributed.cli.dask_scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--protocol",
-            "tls",
-            "--scheduler-file",
-            str(scheduler_file),
-            "--dashboard-address",
-            "127.0.0.1:0",
-            *_tls_args(tls),
-        ]
+        command = scheduler_args(scheduler_file, tls)
         idle = _option(args, "--idle-timeout")
         if idle is None and obj["spec"].get("idleTimeout"):
             idle = f"{obj['spec']['idleTimeout']}s"
         if idle is not None:
             command += ["--idle-timeout", idle]
-        member.ref = _spawn(command, member.log, env, cluster.directory)
+        member.ref = spawn(command, member.log, env, cluster.directory)
         member.node, member.phase, member.started = node, "Starting", time.monotonic()
         self._pod_status(cluster, member, "Pending", "ContainerCreating", node)
 
@@ -382,11 +367,11 @@ class DaskOperator:
     ) -> None:
         info = _read_json(cluster.directory / "scheduler.json")
         if info is None:
-            if not _alive(member.ref):
+            if not alive(member.ref):
                 self._fail(cluster, member, "the scheduler exited at start")
                 self._set_phase(cluster, "Error")
             elif time.monotonic() - member.started > self.start_timeout:
-                _stop([member.ref])
+                stop([member.ref])
                 self._fail(cluster, member, f"the scheduler did not start in {self.start_timeout}s")
                 self._set_phase(cluster, "Error")
             return
@@ -430,7 +415,7 @@ class DaskOperator:
         members = cluster.workers.setdefault(name, [])
         stale = []
         for member in members:
-            if member.phase == "Running" and not _alive(member.ref):
+            if member.phase == "Running" and not alive(member.ref):
                 self._fail(cluster, member, "the worker process exited")
             elif member.phase == "Running" and not self._node_exists(member.node):
                 stale.append(member)  # evicted with its node; a replacement is made below
@@ -491,21 +476,21 @@ class DaskOperator:
             "60",
             "--local-directory",
             str(cluster.directory / "work"),
-            *_tls_args(tls),
+            *tls_args(tls),
         ]
         resources = _option(args, "--resources")
         if resources:
             command += ["--resources", resources]
-        member.ref = _spawn(command, member.log, env, cluster.directory)
+        member.ref = spawn(command, member.log, env, cluster.directory)
         member.node, member.phase, member.started = node, "Running", time.monotonic()
         self._pod_status(cluster, member, "Running", "", node)
 
     def _remove(self, cluster: _Cluster, members: list[_Member], retire: bool = False) -> None:
         """Retire (optionally) and stop the processes of ``members``, then delete their Pods."""
-        running = [m for m in members if m.ref and _alive(m.ref)]
+        running = [m for m in members if m.ref and alive(m.ref)]
         if retire and running and cluster.address:
             self._retire(cluster, [m.pod for m in running])
-        _stop([m.ref for m in running])
+        stop([m.ref for m in running])
         for member in members:
             self._ignore_missing(self.kube.delete_object, "pods", member.pod, cluster.namespace)
 
@@ -522,7 +507,7 @@ class DaskOperator:
 
     def _tear_down(self, cluster: _Cluster) -> None:
         """The DaskCluster is gone: stop its processes and delete what it owned."""
-        _stop([m.ref for m in cluster.members() if m.ref])
+        stop([m.ref for m in cluster.members() if m.ref])
         namespace = cluster.namespace
         for member in cluster.members():
             self._ignore_missing(self.kube.delete_object, "pods", member.pod, namespace)
@@ -704,33 +689,6 @@ class _NotReady(Exception):
 
 
 # -- helpers (pure, or local files) ------------------------------------------------------
-
-
-def _spawn(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> dict[str, Any]:
-    """Start ``python -m *args`` detached (own session), output to ``log``."""
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: _stop signals the nanny and its worker
-            close_fds=True,
-            env=env,
-            cwd=cwd,
-        )
-    return _proc_ref(process)
-
-
-def _tls_args(tls: TLSFiles) -> list[str]:
-    return [
-        "--tls-ca-file",
-        str(tls.ca_file),
-        "--tls-cert",
-        str(tls.cert_file),
-        "--tls-key",
-        str(tls.key_file),
-    ]
 
 
 def _owned_labels(obj: dict[str, Any]) -> dict[str, str]:

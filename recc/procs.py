@@ -1,0 +1,112 @@
+"""Detached Dask processes on this machine: start, check, stop, and their command lines.
+
+Used by the local backend and by the emulated operator in recc.testing, so both start
+schedulers and workers the same way. A process is identified by its pid and start time, so a
+reused pid is never mistaken for it (and a zombie counts as gone).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from recc.tls import TLSFiles
+
+STOP_GRACE = 10.0
+
+
+def spawn(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """Start ``python -m *args`` detached: its own session and process group (so it outlives
+    the caller and one signal reaches the nanny and its worker), no terminal, output to
+    ``log``. Returns a reference for :func:`alive` and :func:`stop`."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+            cwd=cwd,
+        )
+    try:
+        created = psutil.Process(process.pid).create_time()
+    except psutil.NoSuchProcess:
+        created = 0.0
+    return {"pid": process.pid, "create_time": created}
+
+
+def alive(ref: dict[str, Any]) -> bool:
+    """Whether the referenced process still runs (not reused, not a zombie)."""
+    try:
+        proc = psutil.Process(ref["pid"])
+        if abs(proc.create_time() - ref["create_time"]) > 1:
+            return False
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            _reap(ref["pid"])
+            return False
+        return True
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: init reaps it
+
+
+def stop(refs: list[dict[str, Any]], grace: float = STOP_GRACE) -> None:
+    """SIGTERM each process group, wait up to ``grace`` seconds, then SIGKILL what is left."""
+    live = [r for r in refs if alive(r)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for ref in live:
+            try:
+                os.killpg(ref["pid"], sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace
+        while live and time.monotonic() < deadline:
+            live = [r for r in live if alive(r)]
+            time.sleep(0.05)
+        if not live:
+            return
+
+
+def tls_args(tls: TLSFiles) -> list[str]:
+    """The dask CLI flags that make a scheduler or worker use ``tls``."""
+    return [
+        "--tls-ca-file",
+        str(tls.ca_file),
+        "--tls-cert",
+        str(tls.cert_file),
+        "--tls-key",
+        str(tls.key_file),
+    ]
+
+
+def scheduler_args(scheduler_file: Path, tls: TLSFiles) -> list[str]:
+    """A TLS-only scheduler on loopback, random ports, writing its address to ``scheduler_file``."""
+    return [
+        "distributed.cli.dask_scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--protocol",
+        "tls",
+        "--scheduler-file",
+        str(scheduler_file),
+        "--dashboard-address",
+        "127.0.0.1:0",
+        *tls_args(tls),
+    ]
