@@ -62,6 +62,9 @@ class Site(Protocol):
     def identity(self) -> dict[str, Any]:
         """Who this harvester is (user, host, pid; the AWS identity on EKS)."""
 
+    def close(self) -> None:
+        """Release what the site opened (clients, connections)."""
+
 
 def site_for(backend: Backend | str | None = None) -> Site:
     """The :class:`Site` of ``backend`` (a name, an object, or None for the configured one)."""
@@ -129,6 +132,9 @@ class LocalSite:
     def identity(self) -> dict[str, Any]:
         """User, host and pid of this harvester."""
         return harvester_identity()
+
+    def close(self) -> None:
+        """Nothing to release: records and processes need no client."""
 
     def observe(self, now: dt.datetime, names: Collection[str] | None = None) -> list[Observation]:
         """Observe every local cluster (or those named), asking live schedulers at once."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -132,7 +133,9 @@ def harvest(
     Returns a :class:`HarvestReport`; a failed reap is reported in its row, not raised.
     """
     settings = settings or HarvestSettings.from_config(max_deletions=max_deletions)
-    site = site or site_for(backend)
+    if site is None:
+        with closing(site_for(backend)) as own:
+            return harvest(dry_run=dry_run, settings=settings, clock=clock, site=own, audit=audit)
     now = clock()
     seen = site.observe(now)
     rows = {o.cluster: Row(o, decide(o, now, settings), KEPT, now) for o in seen}
@@ -167,6 +170,20 @@ def _reap_one(
 
     The row then shows what was seen and decided under the lock: what the reap acted on.
     """
+    try:
+        return _reap_locked(site, row, settings, clock, audit)
+    except RECCError as e:  # the lock, or the second look, failed: nothing was deleted
+        logger.warning("could not reap %s: %s", row.decision.cluster, e)
+        return replace(row, outcome=f"failed: {e}"), False
+
+
+def _reap_locked(
+    site: Site,
+    row: Row,
+    settings: HarvestSettings,
+    clock: Callable[[], dt.datetime],
+    audit: AuditTrail | None,
+) -> tuple[Row, bool]:
     name = row.decision.cluster
     with site.lock(name) as holder:
         if holder is not None:
