@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -38,14 +37,24 @@ from distributed.security import Security
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from recc import __version__, aws, config, nodegroups, state
+from recc import __version__, config, nodegroups, state
 from recc.backends.base import ClusterStatus, Progress, no_progress
+from recc.backends.eks_platform import (
+    MANAGED_SELECTOR,
+    Connection,
+    EKSPlatform,
+    Found,
+    discover,
+    discover_all,
+    namespace_ref,
+    tag_map,
+)
 from recc.errors import BackendError, ClusterNotFound, ConfigError
 from recc.estimate import Estimate
+from recc.estimate import estimate as estimate_cost
 from recc.kube import apply
 from recc.kube.apply import Ref
 from recc.kube.auth import kubernetes_user
-from recc.kube.client import api_client, eks_setting
 from recc.kube.connect import (
     COMM_PORT_NAME,
     PORT_FORWARD,
@@ -70,15 +79,7 @@ from recc.render import (
 )
 from recc.spec import ClusterSpec, build_spec
 from recc.state import ClusterRecord
-from recc.tags import (
-    CLUSTER_LABEL,
-    CLUSTER_TAG,
-    MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE,
-    Ownership,
-    aws_tags,
-    parse_rfc3339,
-)
+from recc.tags import Ownership, aws_tags, parse_rfc3339
 from recc.tls import TLSFiles, create_cluster_tls, write_tls
 from recc.waiting import Observation, Waiter
 
@@ -86,43 +87,7 @@ SPEC_ANNOTATION = "recc.io/spec"
 COST_ANNOTATION = "recc.io/usd-per-hour"
 VCPUS_ANNOTATION = "recc.io/vcpus"
 DASK_GROUP = "kubernetes.dask.org/v1"
-_MANAGED = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 logger = logging.getLogger("recc")
-
-
-# -- platform settings ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EKSPlatform:
-    """The ``recc.eks.*`` settings a cluster's creation needs, checked before anything exists."""
-
-    cluster_name: str
-    region: str
-    subnets: tuple[str, ...] = ()
-    node_role_arn: str = ""
-    security_groups: tuple[str, ...] = ()
-
-    @classmethod
-    def from_config(cls, session: Any, for_create: bool = True) -> EKSPlatform:
-        """Read ``recc.eks.*``; :class:`ConfigError` names the first missing key."""
-        name = eks_setting("eks.cluster-name", "research-dask")
-        region = config.get("eks.region") or session.region_name
-        if not region:
-            eks_setting("eks.region", "eu-west-1")  # raises, saying where to set it
-        if not for_create:
-            return cls(name, region)
-        subnets = eks_setting("eks.subnets", '["subnet-0a1b2c3d4e5f60718"]')
-        role = eks_setting("eks.node-role-arn", "arn:aws:iam::111122223333:role/recc-node")
-        if isinstance(subnets, str):
-            subnets = [subnets]
-        return cls(
-            name,
-            region,
-            tuple(subnets),
-            role,
-            tuple(config.get("eks.security-groups") or ()),
-        )
 
 
 _EXTERNAL_ERRORS = (ApiException, ClientError, BotoCoreError, HTTPError, OSError)
@@ -142,68 +107,6 @@ def _transient(error: BaseException) -> bool:
         code = error.response.get("Error", {}).get("Code", "")
         return status >= 500 or "Throttl" in code or code == "TooManyRequestsException"
     return isinstance(error, (HTTPError, BotoCoreError, OSError, TimeoutError))
-
-
-# -- what exists of a cluster -----------------------------------------------------------------
-
-
-@dataclass
-class Found:
-    """The resources of one cluster found from tags and labels."""
-
-    name: str
-    namespace: dict[str, Any] | None = None
-    nodegroups: list[dict[str, Any]] = field(default_factory=list)
-    launch_templates: list[dict[str, Any]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.namespace or self.nodegroups or self.launch_templates)
-
-    def leftovers(self, platform: EKSPlatform) -> list[Leftover]:
-        """Each resource as a leftover, with the command that removes it by hand."""
-        out = [
-            Leftover(
-                f"node group {ng['nodegroupName']}",
-                f"still exists ({ng.get('status', '?')})",
-                _remove_nodegroup(platform, ng["nodegroupName"]),
-            )
-            for ng in self.nodegroups
-        ]
-        out += [
-            Leftover(
-                f"launch template {lt['LaunchTemplateName']}",
-                "still exists",
-                _remove_launch_template(platform, lt["LaunchTemplateName"]),
-            )
-            for lt in self.launch_templates
-        ]
-        if self.namespace is not None:
-            out.append(
-                Leftover(
-                    f"namespace {self.name}",
-                    "still exists",
-                    f"kubectl delete namespace {self.name}",
-                )
-            )
-        return out
-
-
-def _namespace_ref(name: str) -> Ref:
-    return Ref("v1", "Namespace", name)
-
-
-@dataclass
-class _Conn:
-    """The clients one operation uses: AWS (one session) and the Kubernetes API."""
-
-    session: Any
-    platform: EKSPlatform
-    eks: Any
-    ec2: Any
-    api: Any
-
-    def close(self) -> None:
-        self.api.close()
 
 
 # -- the backend ------------------------------------------------------------------------------
@@ -228,19 +131,6 @@ class EKSBackend:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _connect(for_create: bool = False) -> _Conn:
-        """Clients for one operation; config is checked first (ConfigError, nothing made)."""
-        session = aws.session()
-        platform = EKSPlatform.from_config(session, for_create)
-        return _Conn(
-            session,
-            platform,
-            session.client("eks", region_name=platform.region),
-            session.client("ec2", region_name=platform.region),
-            api_client(session),
-        )
-
-    @staticmethod
     def _waiter(cancelled: threading.Event | None = None) -> Waiter:
         return Waiter(
             maximum=float(config.get("eks.poll-interval", default=10)), cancelled=cancelled
@@ -262,9 +152,9 @@ class EKSBackend:
                 f"(recc.eks.namespace-prefix; for example: name={prefix + name!r})"
             )
         settings = PlatformSettings.from_config()
-        with closing(self._connect(for_create=True)) as conn:
+        with closing(Connection.open(for_create=True)) as conn:
             try:
-                exists = bool(self._discover(conn, name))
+                exists = bool(discover(conn, name))
             except _EXTERNAL_ERRORS as e:
                 message = failure_message(f"creating cluster {name!r}", "check name", e, [])
                 raise BackendError(message) from e
@@ -297,7 +187,7 @@ class EKSBackend:
     def _create(
         self,
         saga: Saga,
-        conn: _Conn,
+        conn: Connection,
         record: ClusterRecord,
         estimate: Estimate,
         settings: PlatformSettings,
@@ -371,7 +261,7 @@ class EKSBackend:
         return record
 
     def _apply_objects(
-        self, saga: Saga, conn: _Conn, manifests: list[dict[str, Any]], counter: _Counter
+        self, saga: Saga, conn: Connection, manifests: list[dict[str, Any]], counter: _Counter
     ) -> None:
         for doc in manifests:
             ref = Ref.of(doc)
@@ -384,28 +274,28 @@ class EKSBackend:
             counter.step()
 
     def _create_nodegroups(
-        self, saga: Saga, conn: _Conn, ngs: list[NodeGroupSpec], counter: _Counter
+        self, saga: Saga, conn: Connection, ngs: list[NodeGroupSpec], counter: _Counter
     ) -> None:
         for ng in ngs:
             template_id = saga.run(
                 f"launch template {ng.name}",
                 lambda ng=ng: nodegroups.create_launch_template(conn.ec2, ng),
                 undo=lambda ng=ng: nodegroups.delete_launch_template(conn.ec2, ng.name),
-                remedy=_remove_launch_template(conn.platform, ng.name),
+                remedy=conn.platform.remove_launch_template(ng.name),
             )
             counter.step()
             saga.run(
                 f"node group {ng.name}",
                 lambda ng=ng, lt=template_id: nodegroups.create_nodegroup(conn.eks, ng, lt),
                 undo=lambda ng=ng: self._delete_nodegroups(conn, [ng.name]),
-                remedy=_remove_nodegroup(conn.platform, ng.name),
+                remedy=conn.platform.remove_nodegroup(ng.name),
             )
             counter.step()
 
     # -- waits ------------------------------------------------------------------------------
 
     def _wait_active(
-        self, waiter: Waiter, conn: _Conn, sizes: dict[str, int], progress: Progress
+        self, waiter: Waiter, conn: Connection, sizes: dict[str, int], progress: Progress
     ) -> None:
         def probe() -> Observation:
             active, pending = 0, []
@@ -423,7 +313,7 @@ class EKSBackend:
         waiter.until("node groups active", probe, timeout, progress, setting, _transient)
 
     def _wait_nodes(
-        self, waiter: Waiter, conn: _Conn, sizes: dict[str, int], progress: Progress
+        self, waiter: Waiter, conn: Connection, sizes: dict[str, int], progress: Progress
     ) -> None:
         wanted = sum(sizes.values())
         selector = f"{NODEGROUP_LABEL} in ({','.join(sizes)})"
@@ -436,7 +326,9 @@ class EKSBackend:
         timeout, setting = _timeout("nodes-ready", 600)
         waiter.until("nodes ready", probe, timeout, progress, setting, _transient)
 
-    def _wait_scheduler(self, waiter: Waiter, conn: _Conn, name: str, progress: Progress) -> Route:
+    def _wait_scheduler(
+        self, waiter: Waiter, conn: Connection, name: str, progress: Progress
+    ) -> Route:
         grace = float(config.get("eks.load-balancer-grace", default=120))
         started = time.monotonic()
         found: list[Route] = []
@@ -452,7 +344,7 @@ class EKSBackend:
         waiter.until("scheduler reachable", probe, timeout, progress, setting, _transient)
         return found[-1]
 
-    def _route(self, conn: _Conn, name: str, grace: float, waited: float) -> Route | str:
+    def _route(self, conn: Connection, name: str, grace: float, waited: float) -> Route | str:
         """The way to ``name``'s scheduler (load balancer or port-forward), or why none yet."""
         service = apply.read(conn.api, Ref("v1", "Service", scheduler_service(name), name))
         mode = config.get("eks.connect", default="auto")
@@ -527,7 +419,7 @@ class EKSBackend:
         wanted = plan_cluster(spec, get_catalog()).groups[0].instances
         group = nodegroup_name(record.name, "default")
         waiter = self._waiter()
-        with closing(self._connect()) as conn:
+        with closing(Connection.open()) as conn:
             cluster_ref = Ref(DASK_GROUP, "DaskCluster", record.name, record.name)
             if apply.read(conn.api, cluster_ref) is None:
                 raise ClusterNotFound(f"cluster {record.name!r} has no DaskCluster (`recc ls`)")
@@ -540,8 +432,11 @@ class EKSBackend:
             apply.patch(conn.api, cluster_ref, {"spec": {"worker": {"replicas": n_workers}}})
             record.spec = spec.to_dict()
             annotations = {SPEC_ANNOTATION: json.dumps(record.spec, sort_keys=True)}
+            if wanted > have:  # more nodes cost more (fewer are kept: see above)
+                record.usd_per_hour = estimate_cost(spec).cost.usd_per_hour
+                annotations[COST_ANNOTATION] = f"{record.usd_per_hour:.4f}"
             apply.patch(
-                conn.api, _namespace_ref(record.name), {"metadata": {"annotations": annotations}}
+                conn.api, namespace_ref(record.name), {"metadata": {"annotations": annotations}}
             )
         if n_workers > 0 and record.scheduler_address:
             total = n_workers + sum(g.n_workers for g in spec.worker_groups)
@@ -553,38 +448,10 @@ class EKSBackend:
 
     # -- discovery --------------------------------------------------------------------------
 
-    def _discover(self, conn: _Conn, name: str) -> Found:
-        """Everything of cluster ``name``, by its labels and tags."""
-        namespace = apply.read(conn.api, _namespace_ref(name))
-        labels = ((namespace or {}).get("metadata") or {}).get("labels") or {}
-        if labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE or labels.get(CLUSTER_LABEL) != name:
-            namespace = None  # somebody else's namespace of that name is not ours to report
-        return Found(
-            name,
-            namespace,
-            nodegroups.find_nodegroups(conn.eks, conn.platform.cluster_name, name),
-            nodegroups.find_launch_templates(conn.ec2, name),
-        )
-
-    def _discover_all(self, conn: _Conn) -> dict[str, Found]:
-        """Every RECC cluster on the platform, by labels and tags."""
-        everything: dict[str, Found] = {}
-        for ns in apply.list_objects(conn.api, "v1", "Namespace", label_selector=_MANAGED):
-            cluster = (ns["metadata"].get("labels") or {}).get(CLUSTER_LABEL)
-            if cluster == ns["metadata"]["name"]:
-                everything.setdefault(cluster, Found(cluster)).namespace = ns
-        for ng in nodegroups.find_nodegroups(conn.eks, conn.platform.cluster_name):
-            cluster = ng["tags"].get(CLUSTER_TAG)
-            everything.setdefault(cluster, Found(cluster)).nodegroups.append(ng)
-        for lt in nodegroups.find_launch_templates(conn.ec2):
-            cluster = _tag_map(lt).get(CLUSTER_TAG)
-            everything.setdefault(cluster, Found(cluster)).launch_templates.append(lt)
-        return everything
-
-    def _residue(self, conn: _Conn, name: str, known: list[Leftover]) -> list[Leftover]:
+    def _residue(self, conn: Connection, name: str, known: list[Leftover]) -> list[Leftover]:
         """What of cluster ``name`` still exists after a rollback, beyond ``known``."""
         try:
-            found = self._discover(conn, name)
+            found = discover(conn, name)
         except Exception as e:  # noqa: BLE001 - the check failed: say so, never claim success
             return [Leftover("checking for leftovers", describe(e), f"recc down {name}")]
         seen = {left.step for left in known}
@@ -597,7 +464,7 @@ class EKSBackend:
         if found.nodegroups:
             tags = found.nodegroups[0].get("tags") or {}
         elif found.launch_templates:
-            tags = _tag_map(found.launch_templates[0])
+            tags = tag_map(found.launch_templates[0])
         spec = annotations.get(SPEC_ANNOTATION)
         if spec is None and state.exists(found.name):  # a partial cluster: the cache may know
             spec = json.dumps(state.load(found.name).spec)
@@ -621,8 +488,8 @@ class EKSBackend:
     def find(self, name: str) -> ClusterRecord:
         """The cluster called ``name``, from tags and labels, with a way to its scheduler
         (raises :class:`ClusterNotFound`)."""
-        with closing(self._connect()) as conn:
-            found = self._discover(conn, name)
+        with closing(Connection.open()) as conn:
+            found = discover(conn, name)
             if not found:
                 raise ClusterNotFound(f"no EKS cluster named {name!r} (see `recc ls`)")
             record = self._record(found, conn.platform)
@@ -639,8 +506,8 @@ class EKSBackend:
         """Every RECC cluster on the platform (everyone's), oldest first; addresses are the
         load balancers' (no port-forward is opened for a listing)."""
         records = []
-        with closing(self._connect()) as conn:
-            for found in self._discover_all(conn).values():
+        with closing(Connection.open()) as conn:
+            for found in discover_all(conn).values():
                 record = self._record(found, conn.platform)
                 if found.namespace is not None:
                     ref = Ref("v1", "Service", scheduler_service(found.name), found.name)
@@ -653,10 +520,9 @@ class EKSBackend:
         return sorted(records, key=lambda r: r.created_at)
 
     def status(self, record: ClusterRecord) -> ClusterStatus:
-        """running / starting / failed, from the DaskCluster and the node groups; workers as
-        the scheduler counts them (0 when it cannot be reached)."""
-        with closing(self._connect()) as conn:
-            dask = apply.read(conn.api, Ref(DASK_GROUP, "DaskCluster", record.name, record.name))
+        """running / starting / failed, from the node groups and the DaskCluster; workers as
+        the scheduler counts them when it answers, else the worker pods that run."""
+        with closing(Connection.open()) as conn:
             for group in record.details.get("nodegroups") or []:
                 ng = nodegroups.describe_nodegroup(conn.eks, conn.platform.cluster_name, group)
                 if ng is None:
@@ -665,21 +531,38 @@ class EKSBackend:
                     nodegroups.check_active(ng)
                 except BackendError as e:
                     return ClusterStatus("failed", 0, str(e))
-        if dask is None:
-            return ClusterStatus("failed", 0, "no DaskCluster: partly created, or being deleted")
-        phase = (dask.get("status") or {}).get("phase")
-        if phase != "Running":
-            starting = phase in (None, "Created", "Pending")
-            return ClusterStatus("starting" if starting else "failed", 0, f"DaskCluster {phase}")
-        if not record.scheduler_address:
-            return ClusterStatus("running", 0, "no scheduler address (see `recc ls`)")
+            dask = apply.read(conn.api, Ref(DASK_GROUP, "DaskCluster", record.name, record.name))
+            if dask is None:
+                return ClusterStatus("failed", 0, "no DaskCluster: partly made, or being deleted")
+            phase = (dask.get("status") or {}).get("phase")
+            if phase != "Running":
+                starting = phase in (None, "Created", "Pending")
+                return ClusterStatus(
+                    "starting" if starting else "failed", 0, f"DaskCluster {phase}"
+                )
+            joined = self._workers_joined(record)
+            if joined is not None:
+                return ClusterStatus("running", joined)
+            pods = apply.list_objects(
+                conn.api, "v1", "Pod", record.name, "dask.org/component=worker"
+            )
+            running = sum((p.get("status") or {}).get("phase") == "Running" for p in pods)
+            return ClusterStatus("running", running, "scheduler not reachable from here: pods")
+
+    def _workers_joined(self, record: ClusterRecord) -> int | None:
+        """Workers connected to the scheduler, or None when it cannot be asked from here."""
+        from urllib.parse import urlsplit
+
         from distributed import Client
 
+        where = urlsplit(record.scheduler_address or "")
+        if not where.hostname or not tcp_reachable(where.hostname, where.port or 0, timeout=2):
+            return None
         try:
             with Client(record.scheduler_address, security=self.security(record), timeout=10) as c:
-                return ClusterStatus("running", len(c.scheduler_info(n_workers=-1)["workers"]))
-        except (OSError, TimeoutError) as e:
-            return ClusterStatus("running", 0, f"scheduler unreachable: {e}")
+                return len(c.scheduler_info(n_workers=-1)["workers"])
+        except (OSError, TimeoutError):
+            return None
 
     def security(self, record: ClusterRecord) -> Security:
         """The cluster's TLS: the local files if this machine has them, else its Secret's."""
@@ -687,7 +570,7 @@ class EKSBackend:
         files = TLSFiles.in_dir(directory)
         if all(p.is_file() for p in (files.ca_file, files.cert_file, files.key_file)):
             return files.security()
-        with closing(self._connect()) as conn:
+        with closing(Connection.open()) as conn:
             secret = apply.read(conn.api, Ref("v1", "Secret", f"{record.name}-tls", record.name))
         if secret is None:
             raise ClusterNotFound(f"cluster {record.name!r} has no Secret {record.name}-tls")
@@ -699,7 +582,7 @@ class EKSBackend:
         import kubernetes.client
 
         out = {}
-        with closing(self._connect()) as conn:
+        with closing(Connection.open()) as conn:
             core = kubernetes.client.CoreV1Api(conn.api)
             for pod in apply.list_objects(conn.api, "v1", "Pod", record.name):
                 pod_name = pod["metadata"]["name"]
@@ -721,9 +604,9 @@ class EKSBackend:
         """
         self._stop_forward(name)
         what = f"deleting cluster {name!r}"
-        with closing(self._connect()) as conn:
+        with closing(Connection.open()) as conn:
             try:
-                found = self._discover(conn, name)
+                found = discover(conn, name)
             except _EXTERNAL_ERRORS as e:
                 raise BackendError(
                     f"{what} failed while finding its resources: {describe(e)}. Nothing was "
@@ -745,7 +628,7 @@ class EKSBackend:
         state.remove(name)
         return True
 
-    def _remove(self, conn: _Conn, found: Found) -> list[Leftover]:
+    def _remove(self, conn: Connection, found: Found) -> list[Leftover]:
         """Delete what ``found`` holds, in order; the steps that failed."""
         problems: list[Leftover] = []
 
@@ -759,7 +642,9 @@ class EKSBackend:
 
         def delete_dask_resources() -> None:
             for kind in ("DaskWorkerGroup", "DaskCluster"):
-                for obj in apply.list_objects(conn.api, DASK_GROUP, kind, found.name, _MANAGED):
+                for obj in apply.list_objects(
+                    conn.api, DASK_GROUP, kind, found.name, MANAGED_SELECTOR
+                ):
                     ref = Ref.of(obj)
                     attempt(str(ref), lambda ref=ref: apply.delete(conn.api, ref), "")
 
@@ -780,12 +665,12 @@ class EKSBackend:
         if found.namespace is not None:
             attempt(
                 f"namespace {found.name}",
-                lambda: apply.delete(conn.api, _namespace_ref(found.name)),
+                lambda: apply.delete(conn.api, namespace_ref(found.name)),
                 "",
             )
         return problems
 
-    def _delete_nodegroups(self, conn: _Conn, names: list[str]) -> None:
+    def _delete_nodegroups(self, conn: Connection, names: list[str]) -> None:
         """Scale each node group to 0 and delete it; wait (bounded) until all are gone."""
         if not names:
             return
@@ -842,23 +727,6 @@ def _annotate_namespace(
                     VCPUS_ANNOTATION: f"{record.vcpus:g}",
                 }
             )
-
-
-def _remove_nodegroup(platform: EKSPlatform, name: str) -> str:
-    return (
-        f"aws eks delete-nodegroup --cluster-name {platform.cluster_name} "
-        f"--nodegroup-name {name} --region {platform.region}"
-    )
-
-
-def _remove_launch_template(platform: EKSPlatform, name: str) -> str:
-    return (
-        f"aws ec2 delete-launch-template --launch-template-name {name} --region {platform.region}"
-    )
-
-
-def _tag_map(resource: dict[str, Any]) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in resource.get("Tags") or []}
 
 
 def _node_ready(node: dict[str, Any]) -> bool:
