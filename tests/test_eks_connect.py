@@ -1,8 +1,8 @@
 """Reaching the scheduler: the choice between load balancer and port-forward (pure), and the
 port-forward relay with a real TLS Dask scheduler behind it.
 
-Not covered here: the websocket leg of a port-forward (``kubernetes.stream.portforward``
-against a real API server); the fake API server speaks plain HTTP only.
+The websocket leg (``kubernetes.stream.portforward`` through the API server) is exercised end
+to end in test_eks_lifecycle.py, against the fake API server's portforward subresource.
 """
 
 from __future__ import annotations

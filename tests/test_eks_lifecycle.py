@@ -95,6 +95,18 @@ def assert_nothing_left(platform, api, name: str | None = None) -> None:
         assert not state.cluster_dir(name).exists()
 
 
+def _dashboard_answers(cluster) -> bool:
+    """The backend's dashboard link opens over HTTPS, verified against the cluster's CA."""
+    import ssl
+    import urllib.request
+
+    link = cluster.record.dashboard_link
+    assert link.startswith("https://")
+    context = ssl.create_default_context(cafile=cluster.security.tls_ca_file)
+    with urllib.request.urlopen(link, context=context, timeout=20) as answer:
+        return answer.status == 200
+
+
 # -- the whole life of a cluster ----------------------------------------------------------
 
 
@@ -108,6 +120,7 @@ def test_create_compute_read_back_find_scale_and_delete(platform, kube, tmp_path
             assert client.submit(lambda x: x + 1, 41).result() == 42
             assert sum(client.gather(client.map(lambda x: x * x, range(20)))) == 2470
             assert len(client.scheduler_info()["workers"]) == 4
+        assert _dashboard_answers(cluster)
         phases = [p for p, done, total in seen if done == total]
         assert phases[-4:] == [
             "node groups active",
@@ -190,6 +203,7 @@ def test_create_compute_read_back_find_scale_and_delete(platform, kube, tmp_path
                 assert other.record.details["route"] == "port-forward"
                 assert other.scheduler_address.startswith("tls://127.0.0.1:")
                 assert c2.submit(sum, [1, 2]).result() == 3
+                assert _dashboard_answers(other)  # through its own port-forward
                 assert other.spec.n_workers == 4 and other.record.owner == cluster.record.owner
             assert (tmp_path / "elsewhere" / "clusters" / "recc-e2e" / "tls" / "key.pem").is_file()
             assert ("kube", "get", "pods/portforward") in platform.calls
