@@ -407,3 +407,25 @@ def test_a_failure_at_any_delete_step_is_reported_and_a_rerun_finishes(
     finally:
         platform.clear_failures()
     assert_nothing_left(platform, kube, name)
+
+
+def test_a_phase_timeout_rolls_back_and_names_its_setting(platform, kube):
+    with dask.config.set({"recc.eks.timeouts.scheduler-reachable": 0.2}):
+        with pytest.raises(BackendError) as info:
+            EKSBackend().create(*_record_and_estimate("recc-slow"))
+    message = str(info.value)
+    assert "failed at step 'scheduler reachable'" in message
+    assert "recc.eks.timeouts.scheduler-reachable" in message
+    assert "nothing was left behind" in message
+    assert_nothing_left(platform, kube, "recc-slow")
+
+
+def test_a_hanging_call_times_out_and_rolls_back(platform, kube):
+    # The API server never answers the DaskCluster's creation; the request timeout ends it.
+    platform.inject_failure(kube=("create", "daskclusters"), hang=True, hang_seconds=10)
+    with dask.config.set({"recc.eks.request-timeout": 1}):
+        with pytest.raises(BackendError) as info:
+            EKSBackend().create(*_record_and_estimate("recc-hang"))
+    assert "failed at step 'DaskCluster recc-hang/recc-hang'" in str(info.value)
+    assert "nothing was left behind" in str(info.value)
+    assert_nothing_left(platform, kube, "recc-hang")
