@@ -6,8 +6,9 @@ On the same generated files and the same cluster, one after another:
 - **dataframe**: the published ``dd.read_parquet(files).groupby(["path", "Date"]).sum()``;
 - **bag**: the published ``db.from_sequence(files, partition_size=k).map(load).sum()`` over
   indexed pandas Series;
-- **floor**: pyarrow decoding only ``value`` plus ``np.add``, in this process on one core -
-  the bound for any approach that must at least decode the values.
+- **floor**: pyarrow decoding only ``value`` plus ``np.add`` - the bound for any approach
+  that must at least decode the values - in this process on one core, and on every worker at
+  once (each its share of the files), which is what the cluster's cores reach together.
 
 Prints seconds, rows/s, rows/s per core and its ratio to the floor, the ratio to the bag sum,
 and each worker's peak memory; then RECC's peak memory as the group grows.
@@ -56,9 +57,9 @@ def load_indexed(path: str) -> pd.Series:
     return pd.read_parquet(path).set_index(["path", "Date"])["value"]
 
 
-def floor(files: list[str]) -> float:
+def floor(files: list[str], clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds to decode only ``value`` of every file and add it up, on one core."""
-    start = time.perf_counter()
+    start = clock()
     acc = None
     for f in files:
         pf = pq.ParquetFile(pa.memory_map(f))
@@ -71,7 +72,7 @@ def floor(files: list[str]) -> float:
                 np.add(acc[offset : offset + len(values)], values,
                        out=acc[offset : offset + len(values)])
                 offset += len(values)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def on_cluster(client: Client, run: Callable[[], Any], repeat: int = 1
@@ -123,6 +124,8 @@ def main() -> None:
         floor(files[:1])  # warm the page cache like every other approach sees it
         floor_s = min(floor(files) for _ in range(args.repeat))
         floor_rate = rows / floor_s
+        # CPU time of the decoding thread: unaffected by other work on the machine.
+        floor_cpu_rate = rows / min(floor(files, time.thread_time) for _ in range(args.repeat))
         print(f"group of {len(files)} files, {rows:,} rows")
         print(f"floor (value decode + np.add, 1 core): {floor_s:.2f}s, "
               f"{floor_rate / 1e6:,.0f} M rows/s")
@@ -147,6 +150,13 @@ def main() -> None:
                 recc_result.append(aggregate(groups={"g": files}, output=out, client=client))
                 recc_result[-1].raise_for_errors()
 
+            # The floor again, on every worker at once: what the cluster's cores can decode
+            # together (cores may share memory bandwidth, so this can be below n x floor).
+            workers = list(client.scheduler_info()["workers"])
+            parts = [files[i :: len(workers)] for i in range(len(workers))]
+            results["floor"] = on_cluster(client, lambda: client.gather([
+                client.submit(floor, part, workers=[w], pure=False)
+                for part, w in zip(parts, workers, strict=True)]), args.repeat)
             results["recc"] = on_cluster(client, recc_job, args.repeat)
             if "dataframe" not in skip:
                 results["dataframe"] = on_cluster(client, lambda: client.compute(
@@ -160,21 +170,29 @@ def main() -> None:
             print(f"\n{rows:,} rows, {cores} worker cores, floor {floor_rate / 1e6:,.0f} M "
                   "rows/s per core")
             header = (f"{'approach':<10} {'seconds':>8} {'M rows/s':>9} {'/core':>7} "
-                      f"{'vs floor':>8} {'vs bag':>7}  peak MiB per worker")
+                      f"{'x floor':>8} {'x floor':>8} {'vs bag':>7}  peak MiB per worker\n"
+                      f"{'':<37}{'1 core':>8} {'all':>8}")
             print(header)
             bag_s = results.get("bag", (float("nan"),))[0]
+            cluster_floor = rows / results["floor"][0] / cores
             for name, (seconds, peaks, status) in results.items():
                 rate = rows / seconds
                 peak = " ".join(f"{p:,.0f}" for p in peaks.values())
                 print(f"{name:<10} {seconds:>8.2f} {rate / 1e6:>9.1f} {rate / cores / 1e6:>7.1f} "
-                      f"{rate / cores / floor_rate:>8.2f} {bag_s / seconds:>7.1f}  {peak}"
+                      f"{rate / cores / floor_rate:>8.2f} {rate / cores / cluster_floor:>8.2f} "
+                      f"{bag_s / seconds:>7.1f}  {peak}"
                       + ("" if status == "ok" else f"  {status}"))
             runs = [r.groups["g"] for r in recc_result if r.ok]
-            g = min(runs, key=lambda r: r.sum_seconds) if runs else None
+            g = min(runs, key=lambda r: r.sum_cpu_seconds) if runs else None
             if g is not None:
+                cpu_rate = g.rows_in / g.sum_cpu_seconds
+                print(f"\nCPU efficiency (rows per CPU-second of the working thread, immune "
+                      f"to other load): recc summing {cpu_rate / 1e6:,.0f} M, floor "
+                      f"{floor_cpu_rate / 1e6:,.0f} M: {cpu_rate / floor_cpu_rate:.2f}x")
                 sum_rate = g.rows_in / g.sum_seconds
                 print(f"\nrecc: summing {sum_rate / 1e6:,.0f} M rows/s per core busy "
-                      f"({sum_rate / floor_rate:.2f}x floor) over {g.tasks} tasks; "
+                      f"({sum_rate / floor_rate:.2f}x the 1-core floor, "
+                      f"{sum_rate / cluster_floor:.2f}x the all-cores floor) over {g.tasks} tasks; "
                       f"{g.sum_seconds:.2f} core-s summing, {g.write_seconds:.2f} core-s "
                       f"writing; files added by byte compare {g.tally.same_bytes}, by key "
                       f"compare {g.tally.same_keys}, aligned {g.tally.aligned}")

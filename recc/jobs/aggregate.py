@@ -58,6 +58,7 @@ class GroupResult:
     tasks: int = 0
     memory_mib: int = 0  # MEMORY requested by its largest task
     sum_seconds: float = 0.0
+    sum_cpu_seconds: float = 0.0
     write_seconds: float = 0.0
     tally: Tally = field(default_factory=Tally)
 
@@ -382,6 +383,7 @@ class _Job:
         result.files_done += report.files
         result.rows_in += report.rows_in if unit.files else 0
         result.sum_seconds += report.sum_seconds
+        result.sum_cpu_seconds += report.sum_cpu_seconds
         result.write_seconds += report.write_seconds
         if unit.files:  # a final over partials adds no input files
             for name in ("same_bytes", "same_keys", "aligned", "rows"):

@@ -76,6 +76,8 @@ class TaskReport:
     rows_in: int
     rows_out: int
     sum_seconds: float
+    # CPU time of the summing thread: what the work cost, whatever else shares the machine.
+    sum_cpu_seconds: float
     write_seconds: float
     tally: Tally = field(default_factory=Tally)
 
@@ -96,14 +98,14 @@ def sum_files(
     sum that a final task reads back without decoding. Repeated keys are merged in both.
     ``files`` is how many of the job's input files this covers (for progress).
     """
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     acc = _sum(store, inputs, max_rows, skip_nan=False)
     if acc.has_nan():  # rare: redo exactly, counting NaN as zero like pandas does
         acc = _sum(store, inputs, max_rows, skip_nan=True)
     # Partials merge repeated keys too (cheap, in parallel, once per key layout per worker)
     # and say so, so the final task over them need not check again.
     table = acc.table(unique=True, schema=schema)
-    summed = time.perf_counter()
+    summed, cpu = time.perf_counter(), time.thread_time() - cpu
     with store.atomic_write(output) as f:
         if final:
             pq.write_table(table, f, use_dictionary=list(KEYS))
@@ -113,7 +115,7 @@ def sum_files(
                 writer.write_table(table)
     return TaskReport(
         group=group, output=output, files=files, rows_in=acc.tally.rows,
-        rows_out=table.num_rows, sum_seconds=summed - start,
+        rows_out=table.num_rows, sum_seconds=summed - start, sum_cpu_seconds=cpu,
         write_seconds=time.perf_counter() - summed, tally=acc.tally,
     )
 
