@@ -214,7 +214,8 @@ _UNIQUE_KEY_LAYOUTS: collections.deque[tuple] = collections.deque(maxlen=2)
 
 
 def _known_unique(signature: tuple | None) -> bool:
-    return any(_equal_signatures(signature, known) for known in _UNIQUE_KEY_LAYOUTS)
+    # tuple() copies under the GIL: other task threads may append meanwhile.
+    return any(_equal_signatures(signature, known) for known in tuple(_UNIQUE_KEY_LAYOUTS))
 
 
 def _own(signature: tuple | None) -> tuple | None:
