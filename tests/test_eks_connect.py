@@ -188,3 +188,60 @@ def test_a_remote_that_cannot_be_opened_closes_the_local_connection():
             assert client.recv(10) == b""
     finally:
         forward.stop()
+
+
+def test_concurrent_port_forward_streams_through_the_api_server(tmp_path):
+    """Many streams opened at once through one ApiClient (a Dask client opens several
+    connections together) each reach the pod, and the ApiClient still works afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import kubernetes.client
+
+    from recc.kube.connect import kubernetes_opener
+    from recc.testing import fake_kubernetes
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+    def echo(conn):
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data.upper())
+
+    threading.Thread(target=serve, daemon=True).start()
+    with fake_kubernetes() as kube, kube.api_client() as api:
+        core = kubernetes.client.CoreV1Api(api)
+        core.create_namespace({"metadata": {"name": "pf"}})
+        pod = {
+            "metadata": {"name": "scheduler"},
+            "spec": {"containers": [{"name": "s", "image": "dask"}]},
+        }
+        core.create_namespaced_pod("pf", pod)
+        kube.patch_object(
+            "pods", "scheduler", {"status": {"phase": "Running", "podIP": "127.0.0.1"}}, "pf"
+        )
+        forward = PortForwarder(kubernetes_opener(api, "pf", "scheduler", port))
+
+        def exchange(i: int) -> bytes:
+            with socket.create_connection(("127.0.0.1", forward.port), timeout=10) as client:
+                client.sendall(f"hello {i}".encode())
+                return client.recv(100)
+
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(exchange, range(16)))
+        finally:
+            forward.stop()
+            server.close()
+        assert answers == [f"HELLO {i}".encode() for i in range(16)]
+        assert kube.count("get", "pods/portforward") == 16
+        # Plain API calls on the shared client are unaffected by the streams.
+        assert core.read_namespace("pf").metadata.name == "pf"

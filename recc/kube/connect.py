@@ -123,13 +123,19 @@ def tcp_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
 
 def kubernetes_opener(api: Any, namespace: str, pod: str, port: int) -> Callable[[], Any]:
     """A function opening one stream to ``pod:port`` through the API server's portforward
-    subresource (a websocket, as ``kubectl port-forward`` does)."""
+    subresource (a websocket, as ``kubectl port-forward`` does).
+
+    Each stream gets its own ``ApiClient`` over ``api``'s configuration: the client's
+    ``portforward`` swaps the ApiClient's ``call_api`` while it connects, so streams opened
+    at once (a Dask client opens several connections together) must not share one.
+    """
+    configuration = api.configuration
 
     def open_stream() -> Any:
         import kubernetes.client
         from kubernetes.stream import portforward
 
-        core = kubernetes.client.CoreV1Api(api)
+        core = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(configuration))
         forward = portforward(
             core.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port)
         )
