@@ -66,3 +66,20 @@ def test_aggregate_without_a_manifest_says_how_to_make_one(tmp_path):
                                  str(tmp_path / "out"), "--cluster", "nope"])
     assert result.exit_code != 0
     assert "manifest" in result.output
+
+
+def test_aggregate_on_an_existing_cluster_by_name(tmp_path):
+    from recc import RECCCluster
+
+    info = tmp_path / "in"
+    assert runner.invoke(app, ["job", "generate", "--output", str(info), "--files", "2",
+                               "--paths", "20", "--dates", "5"]).exit_code == 0
+    with RECCCluster(backend="local", n_workers=1, worker_memory="1GiB") as cluster:
+        result = runner.invoke(app, ["job", "aggregate", "--input", str(info), "--output",
+                                     str(tmp_path / "out"), "--cluster", cluster.name])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "out" / "g000.parquet").exists()
+        assert cluster.name in cluster_names()  # not the job's to delete
+    refused = runner.invoke(app, ["job", "aggregate", "--input", str(info), "--output",
+                                  str(tmp_path / "out"), "--cluster", "x", "--n-workers", "2"])
+    assert refused.exit_code == 2 and "drop the spec flags" in refused.output
