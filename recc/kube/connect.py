@@ -144,6 +144,22 @@ def kubernetes_opener(api: Any, namespace: str, pod: str, port: int) -> Callable
     return open_stream
 
 
+def _close_quietly(sock: Any) -> None:
+    """Close ``sock`` after reading what is pending: closing a socket with unread data resets
+    the connection, and the kubernetes client's port-forward thread reports a reset on its
+    side of the stream as an unhandled exception."""
+    try:
+        sock.setblocking(False)
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass  # nothing pending (BlockingIOError), or already closed
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
 class PortForwarder:
     """Listen on ``127.0.0.1:<free port>`` and relay every connection to a remote stream.
 
@@ -196,10 +212,7 @@ class PortForwarder:
             with self._lock:
                 self._open.difference_update((local, remote))
             for sock in (local, remote):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+                _close_quietly(sock)
 
     def stop(self) -> None:
         """Stop listening and close every relayed connection."""
