@@ -1,7 +1,8 @@
 """``recc platform check``: is RECC's platform config complete, and does the platform answer?
 
 Pure given the config (settings -> findings) except :func:`reachability_findings`, which asks
-STS, EKS and the Kubernetes API::
+STS, EKS and the Kubernetes API through the same client every other RECC command uses
+(:func:`recc.kube.client.api_client`)::
 
     recc platform check            # configured? reachable?
     recc platform check --offline  # configured?
@@ -9,12 +10,8 @@ STS, EKS and the Kubernetes API::
 
 from __future__ import annotations
 
-import base64
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from recc import aws
@@ -92,6 +89,8 @@ def reachability_findings(
 
     ``session`` is a :class:`boto3.session.Session` (default: from ``recc.eks.profile`` and
     ``recc.eks.region``). Every failure becomes a finding with the reason, never an exception.
+    The Kubernetes step connects as every RECC command does (:func:`recc.kube.client.api_client`,
+    endpoint and CA from the dask config, else EKS), so it checks the connection RECC will use.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -147,107 +146,60 @@ def reachability_findings(
     )
 
     endpoint = get("eks.endpoint") or cluster.get("endpoint")
-    ca_data = get("eks.ca-data") or (cluster.get("certificateAuthority") or {}).get("data")
-    findings.append(_kubernetes_version(session, name, region, endpoint, ca_data, timeout))
+    findings.append(_kubernetes_version(session, name, endpoint, timeout))
     return findings
 
 
-@contextmanager
-def kubernetes_api_client(
-    session: Any, cluster_name: str, region: str, endpoint: str, ca_data: str | None
-) -> Iterator[Any]:
-    """A :class:`kubernetes.client.ApiClient` for the platform, authenticated as the AWS caller.
-
-    ``https://`` endpoints need the cluster's CA (base64 PEM, as EKS returns it); plain
-    ``http://`` is accepted for local test servers. Raises :class:`ConfigError` when the CA is
-    missing or the token cannot be made.
-    """
-    import kubernetes.client
-    from botocore.exceptions import BotoCoreError
-
-    try:
-        token = eks_token(session, cluster_name, region)
-    except BotoCoreError as e:
-        raise ConfigError(f"cannot make an EKS token for {cluster_name}: {e}") from e
-    conf = kubernetes.client.Configuration()
-    conf.host = endpoint
-    conf.api_key = {"authorization": f"Bearer {token}"}
-    conf.retries = 0  # callers report failures; urllib3's retries would only delay them
-    ca_file = None
-    try:
-        if endpoint.startswith("https://"):
-            if not ca_data:
-                raise ConfigError(
-                    "recc.eks.ca-data is not set and EKS did not return a CA "
-                    "(for example: recc platform configure --from-terraform platform.json)"
-                )
-            with tempfile.NamedTemporaryFile("wb", suffix=".crt", delete=False) as f:
-                f.write(base64.b64decode(ca_data))
-            ca_file = conf.ssl_ca_cert = f.name
-        with kubernetes.client.ApiClient(conf) as api:
-            yield api
-    finally:
-        if ca_file:
-            Path(ca_file).unlink(missing_ok=True)
-
-
-def _kubernetes_version(
-    session: Any,
-    name: str,
-    region: str,
-    endpoint: str | None,
-    ca_data: str | None,
-    timeout: float,
-) -> Finding:
+def _kubernetes_version(session: Any, name: str, endpoint: str | None, timeout: float) -> Finding:
     import kubernetes.client
     import urllib3
+    from botocore.exceptions import BotoCoreError
     from kubernetes.client.exceptions import ApiException
+
+    from recc.kube.client import api_client
 
     label = "kubernetes: /version"
     if not endpoint:
         return Finding(label, FAILED, "no endpoint: set recc.eks.endpoint")
     try:
-        with kubernetes_api_client(session, name, region, endpoint, ca_data) as api:
+        with api_client(session) as api:
             version = kubernetes.client.VersionApi(api).get_code(_request_timeout=timeout)
         return Finding(label, OK, f"{endpoint}: {version.git_version}")
     except ConfigError as e:
         return Finding(label, FAILED, str(e))
+    except BotoCoreError as e:  # the bearer token is made (signed) when the request is sent
+        return Finding(label, FAILED, f"cannot make an EKS token for {name}: {e}")
     except ApiException as e:
         return Finding(label, FAILED, f"{endpoint}: HTTP {e.status} {e.reason}")
     except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
         return Finding(label, FAILED, f"{endpoint}: {e}")
 
 
-def eks_token(session: Any, cluster_name: str, region: str, expires_in: int = 60) -> str:
+class _InRegion:
+    """``session``, seen as being in ``region`` (the region :func:`recc.kube.auth.eks_token`
+    signs for); everything else is the session's own."""
+
+    def __init__(self, session: Any, region: str) -> None:
+        self._session, self.region_name = session, region
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def eks_token(session: Any, cluster_name: str, region: str) -> str:
     """A bearer token for the EKS Kubernetes API, made as ``aws eks get-token`` makes it.
 
-    It is a presigned STS GetCallerIdentity URL bound to the cluster by the ``x-k8s-aws-id``
-    header; EKS's authenticator replays it to learn the caller's IAM identity.
-    """
-    from botocore.signers import RequestSigner
+    :func:`recc.kube.auth.eks_token` with the STS region given explicitly rather than taken
+    from ``session``; signing is local, nothing is sent.
 
-    sts = session.client("sts", region_name=region)
-    signer = RequestSigner(
-        sts.meta.service_model.service_id,
-        region,
-        "sts",
-        "v4",
-        session.get_credentials(),
-        session.events,
-    )
-    url = signer.generate_presigned_url(
-        {
-            "method": "GET",
-            "url": f"{sts.meta.endpoint_url}/?Action=GetCallerIdentity&Version=2011-06-15",
-            "body": {},
-            "headers": {"x-k8s-aws-id": cluster_name},
-            "context": {},
-        },
-        region_name=region,
-        expires_in=expires_in,
-        operation_name="",
-    )
-    return "k8s-aws-v1." + base64.urlsafe_b64encode(url.encode()).decode().rstrip("=")
+    Example::
+
+        >>> eks_token(boto3.Session(), "research-dask", "eu-west-1")  # doctest: +SKIP
+        'k8s-aws-v1.aHR0cHM6Ly9zdHMuZXUtd2VzdC0xLmFtYXpvbmF3cy5jb20v...'
+    """
+    from recc.kube.auth import eks_token as token_for
+
+    return token_for(cluster_name, _InRegion(session, region))
 
 
 def check_platform(

@@ -3,7 +3,8 @@
 The dask-kubernetes operator (CRDs, RBAC and Deployment from the chart inside the installed
 ``dask_kubernetes``), the researchers' RBAC with its admission policy, and the harvester
 (ServiceAccount, RBAC, ConfigMap, CronJob). The manifests are pure (settings -> dicts,
-:func:`platform_manifests`); :func:`install` applies them::
+:func:`platform_manifests`); :func:`install` applies them through
+:func:`recc.kube.client.api_client`::
 
     recc platform install --dry-run   # print the manifests, contact nothing
     recc platform install             # apply them; safe to re-run
@@ -22,7 +23,6 @@ import yaml
 
 from recc import aws
 from recc.errors import BackendError, ConfigError
-from recc.platform.check import kubernetes_api_client
 from recc.platform.settings import PLATFORM_FILE, SETTINGS, current, nest
 
 # Platform objects say they are part of RECC but are *not* managed-by=recc: the harvester may
@@ -518,7 +518,9 @@ def install(session: Any | None = None) -> list[Applied]:
     """``recc platform install``: apply the platform's Kubernetes objects to its EKS cluster.
 
     Needs platform-admin rights on the cluster. :func:`platform_manifests` shows what it
-    applies without contacting anything (``recc platform install --dry-run``).
+    applies without contacting anything (``recc platform install --dry-run``). ``session``
+    (default: :func:`recc.aws.session`) signs the token and, when ``recc.eks.endpoint`` is not
+    set, finds the endpoint with EKS DescribeCluster in its region.
 
     Example::
 
@@ -526,6 +528,10 @@ def install(session: Any | None = None) -> list[Applied]:
         ...     print(a.action, a.kind, a.name)
         created CustomResourceDefinition daskclusters.kubernetes.dask.org
     """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from recc.kube.client import api_client
+
     settings = platform_settings()
     manifests = platform_manifests(settings, recc_version())
     name, region = settings["eks.cluster-name"], settings["eks.region"]
@@ -535,15 +541,10 @@ def install(session: Any | None = None) -> list[Applied]:
             "example: recc platform configure --from-terraform platform.json)"
         )
     session = session or aws.session()
-    endpoint, ca_data = settings["eks.endpoint"], settings["eks.ca-data"]
-    if not endpoint:
-        from botocore.exceptions import ClientError
-
-        try:
-            cluster = session.client("eks", region_name=region).describe_cluster(name=name)
-        except ClientError as e:
-            raise BackendError(f"cannot describe EKS cluster {name} in {region}: {e}") from e
-        endpoint = cluster["cluster"]["endpoint"]
-        ca_data = ca_data or cluster["cluster"]["certificateAuthority"]["data"]
-    with kubernetes_api_client(session, name, region, endpoint, ca_data) as api:
-        return install_platform(api, manifests)
+    try:
+        with api_client(session) as api:
+            return install_platform(api, manifests)
+    except ClientError as e:  # DescribeCluster (signing the token is local)
+        raise BackendError(f"cannot describe EKS cluster {name} in {region}: {e}") from e
+    except BotoCoreError as e:  # the bearer token is made when the first request is sent
+        raise ConfigError(f"cannot make an EKS token for {name}: {e}") from e
