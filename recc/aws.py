@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import boto3
+from botocore.config import Config
 
 from recc import config
 
@@ -18,7 +19,10 @@ def session(profile: str | None = None) -> boto3.Session:
 
 
 def client(service: str, profile: str | None = None, region: str | None = None) -> Any:
-    """A boto3 client for ``service``; the Pricing API lives in us-east-1 whatever the region."""
+    """A boto3 client for ``service``, every call bounded by ``recc.eks.request-timeout``
+    (a hung AWS call must not hang a create or the harvester)."""
     if service in {"pricing", "budgets", "ce"}:
         region = "us-east-1"  # global services, served from us-east-1
-    return session(profile).client(service, region_name=region)
+    timeout = float(config.get("eks.request-timeout", default=30))
+    bounded = Config(connect_timeout=timeout, read_timeout=timeout)
+    return session(profile).client(service, region_name=region, config=bounded)

@@ -126,6 +126,14 @@ class RECCCluster(Cluster):
         return self._record
 
     @property
+    def dashboard_link(self) -> str:
+        """The dashboard as reachable from here (on EKS: through the load balancer or a
+        port-forward, over HTTPS), rather than the scheduler's own view of its address."""
+        if self._record is not None and self._record.dashboard_link:
+            return self._record.dashboard_link
+        return super().dashboard_link
+
+    @property
     def usd_per_hour(self) -> float:
         """Estimated cost per hour (0 on the local backend)."""
         return self.estimate.cost.usd_per_hour
