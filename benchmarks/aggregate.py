@@ -75,21 +75,30 @@ def floor(files: list[str], clock: Callable[[], float] = time.perf_counter) -> f
     return clock() - start
 
 
+def cpu_seconds() -> float:
+    times = os.times()  # this worker process: user + system
+    return times.user + times.system
+
+
 def on_cluster(client: Client, run: Callable[[], Any], repeat: int = 1
-               ) -> tuple[float, dict[str, float], str]:
-    """Best seconds of ``repeat`` runs, each worker's peak memory (MiB), 'ok' or the error."""
+               ) -> tuple[float, dict[str, float], str, float]:
+    """Best seconds of ``repeat`` runs, each worker's peak memory (MiB), 'ok' or the error,
+    and the least CPU-seconds the workers spent on one run (unlike seconds, barely moved by
+    other load on the machine)."""
     client.run(reset_peak)
-    best, status = float("inf"), "ok"
+    best, status, cpu = float("inf"), "ok", float("inf")
     for _ in range(repeat):
+        before = sum(client.run(cpu_seconds).values())
         start = time.perf_counter()
         try:
             run()
         except Exception as e:  # noqa: BLE001 - a baseline running out of memory is a result
             status = f"failed: {type(e).__name__}: {str(e)[:80]}"
         best = min(best, time.perf_counter() - start)
+        cpu = min(cpu, sum(client.run(cpu_seconds).values()) - before)
         if status != "ok":
             break
-    return best, client.run(peak_mib), status
+    return best, client.run(peak_mib), status, cpu
 
 
 def main() -> None:
@@ -170,17 +179,19 @@ def main() -> None:
             print(f"\n{rows:,} rows, {cores} worker cores, floor {floor_rate / 1e6:,.0f} M "
                   "rows/s per core")
             header = (f"{'approach':<10} {'seconds':>8} {'M rows/s':>9} {'/core':>7} "
-                      f"{'x floor':>8} {'x floor':>8} {'vs bag':>7}  peak MiB per worker\n"
-                      f"{'':<37}{'1 core':>8} {'all':>8}")
+                      f"{'x floor':>8} {'x floor':>8} {'vs bag':>7} {'CPU-s':>7} {'vs bag':>7}"
+                      f"  peak MiB per worker\n"
+                      f"{'':<37}{'1 core':>8} {'all':>8} {'(wall)':>7} {'':>7} {'(CPU)':>7}")
             print(header)
-            bag_s = results.get("bag", (float("nan"),))[0]
+            bag_s, bag_cpu = (results["bag"][0], results["bag"][3]) if "bag" in results else (
+                float("nan"), float("nan"))
             cluster_floor = rows / results["floor"][0] / cores
-            for name, (seconds, peaks, status) in results.items():
+            for name, (seconds, peaks, status, cpu) in results.items():
                 rate = rows / seconds
                 peak = " ".join(f"{p:,.0f}" for p in peaks.values())
                 print(f"{name:<10} {seconds:>8.2f} {rate / 1e6:>9.1f} {rate / cores / 1e6:>7.1f} "
                       f"{rate / cores / floor_rate:>8.2f} {rate / cores / cluster_floor:>8.2f} "
-                      f"{bag_s / seconds:>7.1f}  {peak}"
+                      f"{bag_s / seconds:>7.1f} {cpu:>7.2f} {bag_cpu / cpu:>7.1f}  {peak}"
                       + ("" if status == "ok" else f"  {status}"))
             runs = [r.groups["g"] for r in recc_result if r.ok]
             g = min(runs, key=lambda r: r.sum_cpu_seconds) if runs else None
@@ -199,7 +210,7 @@ def main() -> None:
 
             print("\nrecc peak memory as the group grows:")
             for n in sorted({max(1, len(files) // 4), max(1, len(files) // 2), len(files)}):
-                seconds, peaks, status = on_cluster(client, lambda n=n: aggregate(
+                seconds, peaks, status, _ = on_cluster(client, lambda n=n: aggregate(
                     groups={"g": files[:n]}, output=f"{work}/grow-{n}", client=client),
                     args.repeat)
                 print(f"  {n:>4} files: {seconds:6.2f}s, peak MiB per worker "
