@@ -44,9 +44,10 @@ from distributed.security import Security
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from recc import aws, config, nodegroups
+from recc import config, nodegroups
 from recc.backends.base import Backend
-from recc.backends.eks import COST_ANNOTATION, DASK_GROUP, SPEC_ANNOTATION, EKSPlatform
+from recc.backends.eks import COST_ANNOTATION, DASK_GROUP, SPEC_ANNOTATION
+from recc.backends.eks_platform import Connection, tag_map
 from recc.errors import BackendError, ClusterNotFound
 from recc.harvest.evidence import Observation, SchedulerEvidence
 from recc.harvest.locks import harvester_identity, holder_name, lock_wait
@@ -60,7 +61,6 @@ from recc.harvest.probe import Unanswered, ask_all
 from recc.harvest.protect import Protection, protection_of
 from recc.kube import apply
 from recc.kube.apply import Ref
-from recc.kube.client import api_client
 from recc.kube.connect import (
     COMM_PORT_NAME,
     PortForwarder,
@@ -70,6 +70,7 @@ from recc.kube.connect import (
     service_ports,
     tcp_reachable,
 )
+from recc.pricing import PriceBook
 from recc.tags import (
     CLUSTER_LABEL,
     CLUSTER_TAG,
@@ -143,10 +144,6 @@ class Parts:
         return (*gone, *(f"launch template {n}" for n in names if n not in self.launch_templates))
 
 
-def _tag_map(resource: Mapping[str, Any]) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in resource.get("Tags") or []}
-
-
 def _meta(obj: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict((obj or {}).get("metadata") or {})
 
@@ -165,33 +162,7 @@ def _group_of(cluster: str, resource_name: str) -> str | None:
     return resource_name[len(prefix) :] if resource_name.startswith(prefix) else None
 
 
-@dataclass
-class _Conn:
-    """One pass's clients: AWS (one session) and the Kubernetes API."""
-
-    session: Any
-    platform: EKSPlatform
-    eks: Any
-    ec2: Any
-    api: Any
-
-    @classmethod
-    def open(cls) -> _Conn:
-        session = aws.session()
-        platform = EKSPlatform.from_config(session, for_create=False)
-        return cls(
-            session,
-            platform,
-            session.client("eks", region_name=platform.region),
-            session.client("ec2", region_name=platform.region),
-            api_client(session),
-        )
-
-    def close(self) -> None:
-        self.api.close()
-
-
-def discover(conn: _Conn, names: Collection[str] | None = None) -> dict[str, Parts]:
+def discover(conn: Connection, names: Collection[str] | None = None) -> dict[str, Parts]:
     """Every RECC cluster on the platform (or those in ``names``), from tags and labels.
 
     Raises :class:`BackendError` when any listing fails: a cluster seen only in part would look
@@ -207,7 +178,7 @@ def discover(conn: _Conn, names: Collection[str] | None = None) -> dict[str, Par
     return found if names is None else {n: p for n, p in found.items() if n in names}
 
 
-def _discover_all(conn: _Conn) -> dict[str, Parts]:
+def _discover_all(conn: Connection) -> dict[str, Parts]:
     found: dict[str, Parts] = {}
     for ns in apply.list_objects(conn.api, "v1", "Namespace", label_selector=_MANAGED):
         name = _meta(ns)["name"]
@@ -216,7 +187,7 @@ def _discover_all(conn: _Conn) -> dict[str, Parts]:
             parts.namespace = ns
             parts.groups |= _spec_groups(ns)
     for lt in nodegroups.find_launch_templates(conn.ec2):
-        cluster = _tag_map(lt).get(CLUSTER_TAG)
+        cluster = tag_map(lt).get(CLUSTER_TAG)
         if cluster:
             parts = found.setdefault(cluster, Parts(cluster))
             parts.launch_templates[lt["LaunchTemplateName"]] = lt
@@ -253,7 +224,7 @@ def _attribute(found: dict[str, Parts], described: dict[str, Any] | None) -> Non
         parts.groups.add(group)
 
 
-def _describe_known(conn: _Conn, parts: Parts) -> None:
+def _describe_known(conn: Connection, parts: Parts) -> None:
     for name, described in list(parts.nodegroups.items()):
         if described is None:
             described = nodegroups.describe_nodegroup(conn.eks, conn.platform.cluster_name, name)
@@ -263,7 +234,7 @@ def _describe_known(conn: _Conn, parts: Parts) -> None:
                 parts.nodegroups[name] = described
 
 
-def _discover_one(conn: _Conn, name: str) -> Parts:
+def _discover_one(conn: Connection, name: str) -> Parts:
     """One cluster's parts: its namespace, its launch templates by tag, and its node groups by
     name prefix (described, to check their tags)."""
     parts = Parts(name)
@@ -290,13 +261,19 @@ def _discover_one(conn: _Conn, name: str) -> Parts:
 # -- from parts to an observation (pure) -----------------------------------------------------
 
 
-def facts_from_parts(parts: Parts) -> dict[str, Any]:
+Price = Callable[[str, bool], float]
+"""$/h of one instance of a type, on spot (True) or on demand."""
+
+
+def facts_from_parts(parts: Parts, price: Price | None = None) -> dict[str, Any]:
     """Observation fields from a cluster's parts: owner, age, timeouts, cost, protection and
-    completeness. Pure. Unreadable values give ``unreadable`` (the cluster is then kept)."""
+    completeness. Pure (``price`` aside). Unreadable values give ``unreadable`` (the cluster
+    is then kept). The $/h is the namespace's estimate; without a namespace, what the
+    described node groups run now, priced with ``price``."""
     meta = _meta(parts.namespace)
     annotations = meta.get("annotations") or {}
     labels = meta.get("labels") or {}
-    tag_sets = [_tag_map(lt) for lt in parts.launch_templates.values()]
+    tag_sets = [tag_map(lt) for lt in parts.launch_templates.values()]
     tag_sets += [(ng or {}).get("tags") or {} for ng in parts.nodegroups.values() if ng]
     tags = tag_sets[0] if tag_sets else {}
     fact: dict[str, Any] = {
@@ -323,13 +300,28 @@ def facts_from_parts(parts: Parts) -> dict[str, Any]:
         fact["expires_at"] = expiry(
             fact["created_at"], parse_duration(spec.get("max_lifetime")), stated
         )
-        fact["usd_per_hour"] = float(annotations.get(COST_ANNOTATION) or 0.0)
+        if COST_ANNOTATION in annotations:
+            fact["usd_per_hour"] = float(annotations[COST_ANNOTATION])
+        elif price is not None:
+            fact["usd_per_hour"] = _running_cost(parts, price)
         marks = [(labels.get(PROTECT_LABEL), annotations.get(PROTECT_UNTIL_ANNOTATION))]
         marks += [(t.get(PROTECT_LABEL), t.get(PROTECT_UNTIL_TAG)) for t in tag_sets]
         fact["protected"], fact["protected_until"] = _combined_protection(marks)
     except (ValueError, TypeError, KeyError) as e:
         fact["unreadable"] = f"its tags or labels could not be read: {e}"
     return fact
+
+
+def _running_cost(parts: Parts, price: Price) -> float:
+    """$/h of the instances the described node groups run now (desired size x price)."""
+    total = 0.0
+    for described in parts.nodegroups.values():
+        if not described:
+            continue
+        size = int((described.get("scalingConfig") or {}).get("desiredSize") or 0)
+        spot = described.get("capacityType") == "SPOT"
+        total += sum(size * price(t, spot) for t in (described.get("instanceTypes") or [])[:1])
+    return round(total, 4)
 
 
 def _combined_protection(
@@ -378,16 +370,23 @@ class EKSSite:
 
     def __init__(self, backend: Backend):
         self.backend = backend
-        self._conn: _Conn | None = None
+        self._conn: Connection | None = None
         self._identity: dict[str, Any] | None = None
+        self._prices: PriceBook | None = None
         self.memory = ConfigMapMemory(lambda: self.conn.api)
 
     @property
-    def conn(self) -> _Conn:
+    def conn(self) -> Connection:
         """The clients of this pass (opened on first use)."""
         if self._conn is None:
-            self._conn = _Conn.open()
+            self._conn = Connection.open()
         return self._conn
+
+    def _price(self, instance_type: str, spot: bool) -> float:
+        if self._prices is None:
+            self._prices = PriceBook(region=self.conn.platform.region)
+        found = self._prices.spot if spot else self._prices.on_demand
+        return found(instance_type).usd_per_hour
 
     def close(self) -> None:
         """Close the Kubernetes client."""
@@ -411,7 +410,7 @@ class EKSSite:
         """Observe every RECC cluster on the platform (or those named)."""
         found = discover(self.conn, names)
         memory = self.memory.load()
-        facts = {name: facts_from_parts(parts) for name, parts in found.items()}
+        facts = {name: facts_from_parts(parts, self._price) for name, parts in found.items()}
         for name, fact in facts.items():
             fact["interrupted"] = interrupted(memory.get(name, {}))
         complete = [n for n, p in found.items() if not facts[n]["missing"] and p.namespace]
@@ -625,14 +624,17 @@ class ConfigMapLock:
         return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
 
     def acquire(self) -> tuple[str | None, str | None]:
-        """One attempt: (uid of our lock, None) when taken, else (None, the holder)."""
+        """One attempt: (our lock's resourceVersion, None) when taken, else (None, the holder).
+
+        The resourceVersion identifies *our* write: releasing deletes only that version.
+        """
         now = dt.datetime.now(dt.timezone.utc)
         timeout = apply.request_timeout()
         try:
             made = self.core.create_namespaced_config_map(
                 self.namespace, self._body(now), _request_timeout=timeout
             )
-            return made.metadata.uid, None
+            return made.metadata.resource_version, None
         except ApiException as e:
             if e.status == 404:
                 raise BackendError(
@@ -667,16 +669,23 @@ class ConfigMapLock:
             if e.status in (404, 409):
                 return None, None  # another harvester was quicker: look again
             raise BackendError(f"cannot take over the harvest lock {self.name}: {e}") from e
-        return taken.metadata.uid, None
+        return taken.metadata.resource_version, None
 
-    def release(self, uid: str) -> None:
-        """Delete the lock if it is still ours."""
-        options = kubernetes.client.V1DeleteOptions(
-            preconditions=kubernetes.client.V1Preconditions(uid=uid)
-        )
+    def release(self, version: str) -> None:
+        """Delete the lock if it is still the one we wrote (``version``)."""
+        timeout = apply.request_timeout()
         try:
+            current = self.core.read_namespaced_config_map(
+                self.name, self.namespace, _request_timeout=timeout
+            )
+            if current.metadata.resource_version != version:
+                return  # taken over after our lease ran out: not ours to delete
+            # The precondition closes the gap between the read and the delete.
+            options = kubernetes.client.V1DeleteOptions(
+                preconditions=kubernetes.client.V1Preconditions(resource_version=version)
+            )
             self.core.delete_namespaced_config_map(
-                self.name, self.namespace, body=options, _request_timeout=apply.request_timeout()
+                self.name, self.namespace, body=options, _request_timeout=timeout
             )
         except ApiException as e:
             if e.status not in (404, 409):
@@ -687,8 +696,8 @@ class ConfigMapLock:
         """Hold the lock (yields None), or after ``wait`` seconds yield who holds it."""
         deadline = time.monotonic() + wait
         while True:
-            uid, holder = self.acquire()
-            if uid is not None:
+            version, holder = self.acquire()
+            if version is not None:
                 break
             if holder is not None and time.monotonic() >= deadline:
                 yield holder
@@ -697,7 +706,7 @@ class ConfigMapLock:
         try:
             yield None
         finally:
-            self.release(uid)
+            self.release(version)
 
 
 class ConfigMapMemory:
@@ -802,7 +811,7 @@ def _mark(
 ) -> bool:
     """Set (or, for None values, remove) protection marks on each part; whether any part had
     a mark before."""
-    conn = _Conn.open()
+    conn = Connection.open()
     try:
         parts = discover(conn, [name]).get(name)
         if not parts:
@@ -834,7 +843,7 @@ def _mark(
 
 
 def _tag_nodegroup(
-    conn: _Conn,
+    conn: Connection,
     name: str,
     described: dict[str, Any] | None,
     setting: dict[str, str],

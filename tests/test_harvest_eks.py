@@ -1,0 +1,382 @@
+"""The harvester on the emulated EKS platform: moto for AWS, RECC's fake Kubernetes API, and
+DaskClusters realised as real scheduler and worker processes.
+
+One scenario, as the issue checks it: the six local cases again (busy, a client connected,
+truly idle, protected, scheduler killed, past its max lifetime), plus orphans made by deleting
+one part of a cluster by hand, resources without RECC's tags that must be left alone, and a
+failure injected midway through a reap that the next pass finishes; then two harvesters at
+once. Smaller tests cover the lock, fail-closed discovery and protection marks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+import boto3
+import dask.config
+import kubernetes.client
+import pytest
+from distributed import Client, fire_and_forget
+from typer.testing import CliRunner
+
+from recc import RECCCluster
+from recc.cli.main import app
+from recc.clusters import delete_cluster
+from recc.errors import BackendError, ClusterNotFound
+from recc.harvest import eks as harvest_eks
+from recc.harvest.audit import read_reaps
+from recc.harvest.reap import harvest
+from recc.ledger import Ledger
+from recc.testing.platform import emulated_platform
+
+FAST = {
+    "recc.harvest.idle-timeout": "1s",
+    "recc.harvest.grace-period": 0,
+    "recc.harvest.unreachable-grace": 0,
+    "recc.harvest.orphan-grace": 0,
+    "recc.harvest.lock-wait": 60,
+}
+CLUSTERS = {
+    "recc-busy": {"worker_cpu": 2},  # one thread sleeps, the other computes afterwards
+    "recc-client": {},
+    "recc-idle": {},
+    "recc-protected": {},
+    "recc-killed": {},
+    "recc-expired": {"max_lifetime": "2s"},
+    "recc-orph-ng": {},  # its node group is deleted by hand
+    "recc-orph-ns": {},  # its namespace is deleted by hand
+}
+
+
+@pytest.fixture
+def platform(recc_home: Path):
+    with emulated_platform(state_dir=recc_home) as platform:
+        core = kubernetes.client.CoreV1Api(platform.api_client())
+        # `recc platform install` makes the harvester's namespace; its locks live there.
+        core.create_namespace({"metadata": {"name": "recc"}})
+        yield platform
+
+
+def make_cluster(name: str, **spec) -> None:
+    spec = {"n_workers": 1, "worker_memory": "512MiB", "idle_timeout": "never", **spec}
+    RECCCluster(backend="eks", name=name, shutdown_on_close=False, quiet=True, **spec).close()
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a crash, not an answer: show where
+    return result.exit_code, result.output
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def foreign_resources(platform) -> dict[str, str]:
+    """Look-alikes RECC did not make: no recc:managed-by tag or managed-by label."""
+    ec2, eks = boto3.client("ec2"), boto3.client("eks")
+    lookalike_tags = [{"Key": "recc:cluster", "Value": "recc-foreign"}]  # but not managed-by
+    template = ec2.create_launch_template(
+        LaunchTemplateName="recc-foreign-default",
+        LaunchTemplateData={"InstanceType": "t3.small"},
+        TagSpecifications=[{"ResourceType": "launch-template", "Tags": lookalike_tags}],
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    eks.create_nodegroup(
+        clusterName=platform.eks_cluster_name,
+        nodegroupName="recc-foreign-default",
+        nodeRole=platform.node_role_arn,
+        subnets=list(platform.subnets),
+        scalingConfig={"minSize": 0, "desiredSize": 0, "maxSize": 1},
+        tags={"recc:cluster": "recc-foreign"},
+    )
+    core = kubernetes.client.CoreV1Api(platform.api_client())
+    core.create_namespace(
+        {"metadata": {"name": "recc-foreign", "labels": {"recc.io/cluster": "recc-foreign"}}}
+    )
+    return {"launch_template": template}
+
+
+def foreign_still_there(platform) -> bool:
+    ec2, eks = boto3.client("ec2"), boto3.client("eks")
+    templates = ec2.describe_launch_templates(LaunchTemplateNames=["recc-foreign-default"])
+    groups = eks.list_nodegroups(clusterName=platform.eks_cluster_name)["nodegroups"]
+    namespace = platform.kube.get_object("namespaces", "recc-foreign")
+    return bool(templates["LaunchTemplates"]) and "recc-foreign-default" in groups and namespace
+
+
+def deleted_audits(audits: list[dict]) -> list[dict]:
+    return [a for a in audits if a["outcome"] == "deleted"]
+
+
+def scheduler_pod_phase(platform, cluster: str) -> str | None:
+    pods = [
+        p
+        for p in platform.kube.objects("pods", cluster)
+        if (p["metadata"].get("labels") or {}).get("dask.org/component") == "scheduler"
+    ]
+    return pods[0].get("status", {}).get("phase") if pods else None
+
+
+def test_harvest_on_the_emulated_platform(platform):
+    try:
+        first, *others = CLUSTERS
+        make_cluster(first, **CLUSTERS[first])  # alone: it fills the instance-type cache
+        with ThreadPoolExecutor(2) as pool:
+            for future in [pool.submit(make_cluster, n, **CLUSTERS[n]) for n in others]:
+                future.result()
+        foreign_resources(platform)
+
+        busy = RECCCluster.from_name("recc-busy", backend="eks")
+        with Client(busy) as client:
+            fire_and_forget(client.submit(time.sleep, 300, pure=False))
+            wait_for(lambda: any(client.processing().values()), 30, "the long task to start")
+        code, output = run_cli("protect", "recc-protected", "--backend", "eks")
+        assert code == 0, output
+        [scheduler] = [
+            p
+            for p in platform.processes()
+            if p.cluster == "recc-killed" and p.component == "scheduler"
+        ]
+        os.kill(scheduler.pid, signal.SIGKILL)
+        wait_for(lambda: scheduler_pod_phase(platform, "recc-killed") == "Failed", 30, "pod Failed")
+        boto3.client("eks").delete_nodegroup(
+            clusterName=platform.eks_cluster_name, nodegroupName="recc-orph-ng-default"
+        )
+        kubernetes.client.CoreV1Api(platform.api_client()).delete_namespace("recc-orph-ns")
+        time.sleep(2.0)  # past recc-expired's 2 s max lifetime and the 1 s idle timeout
+
+        with ExitStack() as connected_client:
+            # A client stays connected to recc-client until the two harvesters below.
+            connected = RECCCluster.from_name("recc-client", backend="eks")
+            connected_client.callback(connected.close)
+            client = connected_client.enter_context(Client(connected))
+            # A dry run with a long unreachable grace: the killed scheduler is only noted.
+            with dask.config.set({**FAST, "recc.harvest.unreachable-grace": "1h"}):
+                code, dry = run_cli("harvest", "--backend", "eks", "--json")
+            assert code == 0, dry
+            planned = {r["cluster"]: r for r in json.loads(dry)}
+            assert planned["recc-killed"]["category"] == "waiting"
+            assert "the scheduler pod is Failed" in planned["recc-killed"]["reason"]
+            memory = harvest_eks.ConfigMapMemory(platform.api_client).load()
+            assert "unreachable_since" in memory["recc-killed"]
+
+            # The real pass, with a failure injected into the first node group deletion.
+            platform.inject_failure(
+                aws=("eks", "DeleteNodegroup"), code="AccessDeniedException", status=403
+            )
+            with dask.config.set(FAST):
+                code, done = run_cli("harvest", "--backend", "eks", "--yes", "--json")
+            first = {r["cluster"]: r for r in json.loads(done)}
+            assert code == 1  # one reap failed, and the exit code says so
+
+            expected = {
+                "recc-busy": ("keep", "busy", "busy: 1 task processing"),
+                "recc-client": ("keep", "in-use", "in use: 1 client connected"),
+                "recc-idle": ("reap", "idle", "idle for "),
+                "recc-protected": ("keep", "protected", "protected (recc unprotect recc-protected"),
+                "recc-killed": (
+                    "reap",
+                    "unreachable",
+                    "unreachable: the scheduler has not answered",
+                ),
+                "recc-expired": ("reap", "expired", "expired at "),
+                "recc-orph-ng": (
+                    "reap",
+                    "orphaned",
+                    "orphaned: node group recc-orph-ng-default gone",
+                ),
+                "recc-orph-ns": ("reap", "orphaned", "orphaned: namespace recc-orph-ns gone"),
+            }
+            assert set(first) == set(expected)  # the foreign look-alikes are not RECC clusters
+            for name, (decision, category, reason) in expected.items():
+                assert (first[name]["decision"], first[name]["category"]) == (decision, category)
+                assert first[name]["reason"].startswith(reason), first[name]
+            assert "the scheduler pod is Failed" in first["recc-killed"]["reason"]
+            # Reaps go by $/h, then name: recc-expired met the injected failure.
+            assert first["recc-expired"]["outcome"].startswith("failed: ")
+            assert "AccessDeniedException" in first["recc-expired"]["outcome"]
+            for name in ("recc-idle", "recc-killed", "recc-orph-ng", "recc-orph-ns"):
+                assert first[name]["outcome"] == "deleted"
+            assert foreign_still_there(platform)
+
+            # The next pass finishes the interrupted reap (recc-expired lost its namespace).
+            with dask.config.set(FAST):
+                second = harvest("eks", dry_run=False)
+            rows = {r.decision.cluster: r for r in second.rows}
+            assert set(rows) == {"recc-busy", "recc-client", "recc-protected", "recc-expired"}
+            assert rows["recc-expired"].outcome == "deleted"
+            assert rows["recc-expired"].decision.reason.startswith("finishing the reap started at ")
+            assert "expired at" in rows["recc-expired"].decision.reason
+            assert rows["recc-busy"].decision.category == "busy"
+            assert rows["recc-client"].decision.category == "in-use"
+            assert rows["recc-protected"].decision.category == "protected"
+            assert foreign_still_there(platform)
+
+            # Nothing of the reaped clusters is left, on either side.
+            reaped = {"recc-idle", "recc-killed", "recc-expired", "recc-orph-ng", "recc-orph-ns"}
+            groups = set(boto3.client("eks").list_nodegroups(clusterName=platform.eks_cluster_name)[
+                "nodegroups"
+            ])  # fmt: skip
+            templates = {
+                t["LaunchTemplateName"]
+                for t in boto3.client("ec2").describe_launch_templates()["LaunchTemplates"]
+            }
+            namespaces = {n["metadata"]["name"] for n in platform.kube.objects("namespaces")}
+            for name in reaped:
+                assert f"{name}-default" not in groups | templates and name not in namespaces
+            assert not [p for p in platform.processes() if p.cluster in reaped]
+
+            # The busy cluster still computes.
+            with Client(busy) as computing:
+                assert computing.submit(lambda: 6 * 7, pure=False).result(timeout=60) == 42
+                assert any(computing.processing().values())  # the long task still runs
+            busy.close()
+
+        # Two harvesters at once, over the two clusters made idle now.
+        code, output = run_cli("unprotect", "recc-protected", "--backend", "eks")
+        assert code == 0 and "unprotected" in output
+        start = threading.Barrier(2)
+
+        def one_pass():
+            start.wait()
+            with dask.config.set(FAST):
+                return harvest("eks", dry_run=False)
+
+        with ThreadPoolExecutor(2) as pool:
+            both = [f.result() for f in [pool.submit(one_pass) for _ in range(2)]]
+        for name in ("recc-client", "recc-protected"):
+            seen = [r for report in both for r in report.rows if r.decision.cluster == name]
+            assert [r.outcome for r in seen].count("deleted") == 1, seen
+            assert all(r.outcome in ("deleted", "already deleted") for r in seen), seen
+            assert {r.decision.category for r in seen} == {"idle"}
+
+        # The audit trail has one reap per cluster (and the failed first try at recc-expired);
+        # the ledger says each ended reaped.
+        audits = read_reaps()
+        deleted = sorted(a["cluster"] for a in audits if a["outcome"] == "deleted")
+        assert deleted == sorted(reaped | {"recc-client", "recc-protected"})
+        [failure] = [a for a in audits if a["outcome"].startswith("failed")]
+        assert failure["cluster"] == "recc-expired"
+        assert failure["harvester"]["aws"].startswith("arn:aws:")
+        reclaimed = {a["cluster"]: a["usd_per_hour_reclaimed"] for a in deleted_audits(audits)}
+        # Orphans without a namespace are priced from what their node groups run; recc-expired
+        # had its node group scaled to 0 by the failed first try, so nothing more was running.
+        assert reclaimed.pop("recc-expired") == 0.0 and failure["usd_per_hour_reclaimed"] > 0
+        assert all(usd > 0 for usd in reclaimed.values()), reclaimed
+        ended = {life.record.cluster: life.how for life in Ledger().read_lives()}
+        everyone = reaped | {"recc-client", "recc-protected"}
+        assert {n: ended[n] for n in everyone} == dict.fromkeys(everyone, "reaped")
+    finally:
+        for name in CLUSTERS:
+            try:
+                delete_cluster(name, "eks")
+            except (ClusterNotFound, BackendError):
+                pass
+
+
+def test_discovery_that_fails_decides_nothing(platform):
+    platform.inject_failure(kube=("list", "namespaces"), times=None)
+    with dask.config.set(FAST):
+        code, output = run_cli("harvest", "--backend", "eks", "--yes")
+    assert code == 2
+    assert "cannot list RECC's resources (nothing was decided)" in output
+
+
+def test_the_lock_is_exclusive_and_an_expired_one_is_taken_over(platform):
+    api = platform.api_client()
+    first = harvest_eks.ConfigMapLock(api, "recc-lock", "alice@a pid 1")
+    second = harvest_eks.ConfigMapLock(api, "recc-lock", "bob@b pid 2")
+    with first.held(wait=0) as holder:
+        assert holder is None
+        with second.held(wait=0) as other:
+            assert other == "alice@a pid 1"
+    assert platform.kube.get_object("configmaps", "recc-harvest-lock-recc-lock", "recc") is None
+    # A harvester that died leaves its lock; once the lease runs out, another takes it over.
+    with dask.config.set({"recc.harvest.lock-lease": "0"}):
+        stale, _ = first.acquire()
+        assert stale is not None
+    taken, holder = second.acquire()
+    assert taken is not None and holder is None
+    current = platform.kube.get_object("configmaps", "recc-harvest-lock-recc-lock", "recc")
+    assert current["data"]["holder"] == "bob@b pid 2"
+    first.release(stale)  # no longer its lock: left alone
+    assert platform.kube.get_object("configmaps", "recc-harvest-lock-recc-lock", "recc")
+    second.release(taken)
+    assert platform.kube.get_object("configmaps", "recc-harvest-lock-recc-lock", "recc") is None
+
+
+def test_the_lock_needs_the_harvester_namespace(platform):
+    kubernetes.client.CoreV1Api(platform.api_client()).delete_namespace("recc")
+    lock = harvest_eks.ConfigMapLock(platform.api_client(), "recc-x", "alice@a pid 1")
+    with pytest.raises(BackendError, match="namespace recc .* does not exist.*platform install"):
+        lock.acquire()
+
+
+def test_protection_marks_read_from_any_part():
+    future = "2999-01-01T00:00:00Z"
+    parts = harvest_eks.Parts("c", groups={"default"})
+    parts.namespace = {
+        "metadata": {
+            "name": "c",
+            "labels": {"recc.io/protect": "true"},
+            "annotations": {"recc.io/created-at": "2026-01-01T00:00:00Z"},
+        }
+    }
+    parts.nodegroups["c-default"] = None
+    parts.launch_templates["c-default"] = {
+        "LaunchTemplateName": "c-default",
+        "Tags": [{"Key": "recc:protect-until", "Value": future}],
+    }
+    fact = harvest_eks.facts_from_parts(parts)
+    assert fact["protected"] is True and fact["protected_until"] is None  # the label: for good
+    parts.namespace["metadata"]["labels"] = {}
+    fact = harvest_eks.facts_from_parts(parts)
+    assert fact["protected"] and fact["protected_until"] == dt.datetime(
+        2999, 1, 1, tzinfo=dt.timezone.utc
+    )
+    assert fact["missing"] == () and fact["created_at"].year == 2026
+    parts.launch_templates["c-default"]["Tags"] = [{"Key": "recc.io/protect", "Value": "maybe"}]
+    assert "could not be read" in harvest_eks.facts_from_parts(parts)["unreadable"]
+    del parts.nodegroups["c-default"]
+    parts.launch_templates["c-default"]["Tags"] = []
+    assert harvest_eks.facts_from_parts(parts)["missing"] == ("node group c-default",)
+
+
+def test_scheduler_states_from_kubernetes():
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    running = {"status": {"phase": "Running"}}
+    state = harvest_eks.scheduler_state
+    assert state(harvest_eks._Scheduler(False, running, None), now)[0] == (
+        "the cluster has no DaskCluster resource"
+    )
+    assert state(harvest_eks._Scheduler(True, None, None), now)[0] == (
+        "the cluster has no scheduler pod"
+    )
+    assert state(harvest_eks._Scheduler(True, {"status": {"phase": "Pending"}}, None), now) == (
+        "the scheduler pod is Pending",
+        None,
+    )
+    assert state(harvest_eks._Scheduler(True, running, None), now) == (None, None)
+    not_ready = {
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Ready", "status": "False", "lastTransitionTime": "2025-12-31T23:00:00Z"}
+            ],
+        }
+    }
+    why, since = state(harvest_eks._Scheduler(True, not_ready, None), now)
+    assert why == "the scheduler pod is not Ready" and since == now - dt.timedelta(hours=1)
