@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -94,14 +95,22 @@ def tls_args(tls: TLSFiles) -> list[str]:
     ]
 
 
-def scheduler_args(scheduler_file: Path, tls: TLSFiles) -> list[str]:
-    """A TLS-only scheduler on loopback, random ports, writing its address to ``scheduler_file``."""
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scheduler_args(scheduler_file: Path, tls: TLSFiles, port: int = 0) -> list[str]:
+    """A TLS-only scheduler on loopback (``port`` 0: any), writing its address to
+    ``scheduler_file``."""
     return [
         "distributed.cli.dask_scheduler",
         "--host",
         "127.0.0.1",
         "--port",
-        "0",
+        str(port),
         "--protocol",
         "tls",
         "--scheduler-file",

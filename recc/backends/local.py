@@ -20,7 +20,7 @@ from recc import config, state
 from recc.backends.base import ClusterStatus, Progress
 from recc.errors import BackendError, ClusterNotFound
 from recc.estimate import Estimate
-from recc.procs import alive, scheduler_args, spawn, stop, tls_args
+from recc.procs import alive, free_port, scheduler_args, spawn, stop, tls_args
 from recc.spec import ClusterSpec, WorkerGroup, build_spec
 from recc.state import ClusterRecord
 from recc.tls import TLSFiles, create_cluster_tls
@@ -90,7 +90,11 @@ class LocalBackend:
 
     def _spawn_scheduler(self, record: ClusterRecord, spec: ClusterSpec, tls: TLSFiles) -> None:
         scheduler_file = self._scheduler_file(record)
-        args = scheduler_args(scheduler_file, tls)
+        # The port is chosen here so workers know the address at once: their start-up then
+        # overlaps the scheduler's instead of following it (they retry until it listens).
+        port = free_port()
+        record.scheduler_address = f"tls://127.0.0.1:{port}"
+        args = scheduler_args(scheduler_file, tls, port)
         if spec.idle_timeout:
             args += ["--idle-timeout", f"{spec.idle_timeout:g}s"]
         ref = self._spawn(record, args, "scheduler.log", self._command_env(spec))
@@ -159,8 +163,9 @@ class LocalBackend:
             "--nanny",
             "--host",
             "127.0.0.1",
-            "--dashboard-address",
-            "127.0.0.1:0",
+            # The scheduler's dashboard shows every worker; per-worker dashboards would make each
+            # worker import bokeh at start (about 0.8 s each on this kind of machine).
+            "--no-dashboard",
             "--death-timeout",
             "60",
             "--local-directory",
