@@ -9,10 +9,10 @@ from dataclasses import asdict
 from typing import Annotated, Optional
 
 import typer
-from recc.cli.output import emit, errors_to_exit, fail, out
 from rich.table import Table
 
 from recc import budgets
+from recc.cli.output import emit, errors_to_exit, fail, out
 
 app = typer.Typer(
     help="Monthly AWS Budgets per user or namespace on RECC's tags, with email alerts.",

@@ -7,13 +7,13 @@ import sys
 from typing import Annotated, Any, Optional
 
 import typer
-from recc.cli.options import spec_options, to_overrides
-from recc.cli.output import err, errors_to_exit, fail, out
-from recc.cli.plan import Template
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from recc.backends.base import get_backend
+from recc.cli.options import spec_options, to_overrides
+from recc.cli.output import err, errors_to_exit, fail, out
+from recc.cli.plan import Template
 from recc.clusters import delete_cluster, describe_clusters, find_cluster
 from recc.errors import ClusterNotFound
 from recc.spec import resolve_spec

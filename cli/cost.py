@@ -9,9 +9,9 @@ import datetime as dt
 from typing import Annotated, Optional
 
 import typer
-from recc.cli.output import emit, errors_to_exit, out
 from rich.table import Table
 
+from recc.cli.output import emit, errors_to_exit, out
 from recc.spend import GROUPINGS, SpendReport, format_usd, month_start, parse_when, spend_report
 
 

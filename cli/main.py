@@ -7,8 +7,8 @@ assembles them.
 from __future__ import annotations
 
 import typer
-from recc.cli import budget, clusters, cost, harvest, plan, platform
-from recc.cli import job
+
+from recc.cli import budget, clusters, cost, harvest, job, plan, platform
 
 app = typer.Typer(
     name="recc",

@@ -13,8 +13,8 @@ from typing import Any
 
 from recc import ledger
 from recc.backends.base import Backend, get_backend
-from recc.errors import ClusterNotFound, RECCError
 from recc.catalog import get_catalog
+from recc.errors import ClusterNotFound, RECCError
 from recc.estimate import Estimate
 from recc.quotas import UsageRecord, check_quota, fit_n_workers, limits_from_config, plan_vcpus
 from recc.spend import cost_so_far

@@ -17,11 +17,11 @@ from moto.budgets.exceptions import NotFoundException
 from moto.budgets.models import budgets_backends
 from moto.budgets.responses import BudgetsResponse
 from moto.core import DEFAULT_ACCOUNT_ID as ACCOUNT
-from recc.cli import budget as budget_cli
 from typer.testing import CliRunner
 
 from recc import budgets
 from recc.budgets import BudgetRequest, activate_tags, list_budgets, set_budget
+from recc.cli import budget as budget_cli
 from recc.errors import BackendError, SpecError
 
 

@@ -16,9 +16,9 @@ import requests
 import typer
 from botocore.stub import Stubber
 from moto import mock_aws
-from recc.cli import cost as cost_cli
 from typer.testing import CliRunner
 
+from recc.cli import cost as cost_cli
 from recc.errors import BackendError, SpecError
 from recc.ledger import Ledger, StartRecord
 from recc.spend import (

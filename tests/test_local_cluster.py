@@ -152,8 +152,8 @@ def test_two_clusters_side_by_side_are_independent():
 
 def test_dead_scheduler_shows_failed_and_down_cleans_up():
     from recc.backends.local import LocalBackend
-    from recc.procs import alive as _alive
     from recc.clusters import delete_cluster
+    from recc.procs import alive as _alive
 
     cluster = RECCCluster(n_workers=1, worker_memory="512MiB", shutdown_on_close=False)
     name = cluster.name

@@ -16,11 +16,11 @@ import dask.config
 import pytest
 import yaml
 from moto import mock_aws
-from recc.cli import platform as platform_cli
 from typer.testing import CliRunner
 
 import recc.config
 from recc import platform
+from recc.cli import platform as platform_cli
 from recc.errors import BackendError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
