@@ -46,7 +46,7 @@ def harvest_command(
         fail("--dry-run and --yes contradict each other; give one of them")
     with errors_to_exit():
         report = harvest(backend, dry_run=not yes, max_deletions=max_deletions)
-        interactive = not dry_run and not yes and not json_output and sys.stdin.isatty()
+        interactive = not dry_run and not yes and not json_output and on_terminal()
         if interactive and report.to_reap:
             _print(report)
             count = len(report.to_reap)
@@ -60,6 +60,11 @@ def harvest_command(
         _print(report)
     if report.failed:
         raise typer.Exit(1)
+
+
+def on_terminal() -> bool:
+    """Whether a person can answer a question (not a script, a pipe or a CronJob)."""
+    return sys.stdin.isatty()
 
 
 def _print(report: HarvestReport) -> None:

@@ -55,6 +55,8 @@ CLUSTERS = {
     "recc-expired": {"max_lifetime": "2s"},
     "recc-orph-ng": {},  # its node group is deleted by hand
     "recc-orph-ns": {},  # its namespace is deleted by hand
+    # Shuts itself down (its scheduler's own idle timeout, long enough to finish starting).
+    "recc-selfidle": {"idle_timeout": "15s"},
 }
 
 
@@ -166,6 +168,15 @@ def deleted_audits(audits: list[dict]) -> list[dict]:
     return [a for a in audits if a["outcome"] == "deleted"]
 
 
+def idled_out(platform, cluster: str) -> bool:
+    """Whether ``cluster``'s Dask side is gone (its processes too) and its namespace is not."""
+    return (
+        not platform.kube.objects("daskclusters", cluster)
+        and not [p for p in platform.processes() if p.cluster == cluster]
+        and platform.kube.get_object("namespaces", cluster) is not None
+    )
+
+
 def scheduler_pod_phase(platform, cluster: str) -> str | None:
     pods = [
         p
@@ -202,6 +213,10 @@ def test_harvest_on_the_emulated_platform(platform):
         )
         kubernetes.client.CoreV1Api(platform.api_client()).delete_namespace("recc-orph-ns")
         time.sleep(2.0)  # past recc-expired's 2 s max lifetime and the 1 s idle timeout
+        # recc-selfidle's scheduler closes itself, its workers follow, and the operator deletes
+        # its DaskCluster: what is left (namespace, node group) is the harvester's to remove.
+        wait_for(lambda: idled_out(platform, "recc-selfidle"), 90,
+                 "recc-selfidle's scheduler, workers and DaskCluster to go")  # fmt: skip
 
         with ExitStack() as connected_client:
             # A client stays connected to recc-client until the two harvesters below.
@@ -245,6 +260,7 @@ def test_harvest_on_the_emulated_platform(platform):
                     "orphaned: node group recc-orph-ng-default gone",
                 ),
                 "recc-orph-ns": ("reap", "orphaned", "orphaned: namespace recc-orph-ns gone"),
+                "recc-selfidle": ("reap", "unreachable", "unreachable: its DaskCluster is gone"),
             }
             assert set(first) == set(expected)  # the foreign look-alikes are not RECC clusters
             for name, (decision, category, reason) in expected.items():
@@ -254,7 +270,13 @@ def test_harvest_on_the_emulated_platform(platform):
             # Reaps go by $/h, then name: recc-expired met the injected failure.
             assert first["recc-expired"]["outcome"].startswith("failed: ")
             assert "AccessDeniedException" in first["recc-expired"]["outcome"]
-            for name in ("recc-idle", "recc-killed", "recc-orph-ng", "recc-orph-ns"):
+            for name in (
+                "recc-idle",
+                "recc-killed",
+                "recc-orph-ng",
+                "recc-orph-ns",
+                "recc-selfidle",
+            ):
                 assert first[name]["outcome"] == "deleted"
             assert foreign_still_there(platform)
 
@@ -274,7 +296,10 @@ def test_harvest_on_the_emulated_platform(platform):
             assert_least_privilege_suffices(platform)
 
             # Nothing of the reaped clusters is left, on either side.
-            reaped = {"recc-idle", "recc-killed", "recc-expired", "recc-orph-ng", "recc-orph-ns"}
+            reaped = {
+                "recc-idle", "recc-killed", "recc-expired", "recc-orph-ng", "recc-orph-ns",
+                "recc-selfidle",
+            }  # fmt: skip
             groups = set(boto3.client("eks").list_nodegroups(clusterName=platform.eks_cluster_name)[
                 "nodegroups"
             ])  # fmt: skip
@@ -406,18 +431,13 @@ def test_protection_marks_read_from_any_part():
 def test_scheduler_states_from_kubernetes():
     now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     running = {"status": {"phase": "Running"}}
-    state = harvest_eks.scheduler_state
-    assert state(harvest_eks._Scheduler(False, running, None), now)[0] == (
-        "the cluster has no DaskCluster resource"
-    )
-    assert state(harvest_eks._Scheduler(True, None, None), now)[0] == (
-        "the cluster has no scheduler pod"
-    )
-    assert state(harvest_eks._Scheduler(True, {"status": {"phase": "Pending"}}, None), now) == (
-        "the scheduler pod is Pending",
-        None,
-    )
-    assert state(harvest_eks._Scheduler(True, running, None), now) == (None, None)
+    state, scheduler = harvest_eks.scheduler_state, harvest_eks._Scheduler
+    why, since, gone = state(scheduler(False, running, None))
+    assert why.startswith("its DaskCluster is gone") and gone  # nothing brings it back
+    assert state(scheduler(True, None, None)) == ("the cluster has no scheduler pod", None, False)
+    pending = {"status": {"phase": "Pending"}}
+    assert state(scheduler(True, pending, None)) == ("the scheduler pod is Pending", None, False)
+    assert state(scheduler(True, running, None)) == (None, None, False)
     not_ready = {
         "status": {
             "phase": "Running",
@@ -426,5 +446,8 @@ def test_scheduler_states_from_kubernetes():
             ],
         }
     }
-    why, since = state(harvest_eks._Scheduler(True, not_ready, None), now)
-    assert why == "the scheduler pod is not Ready" and since == now - dt.timedelta(hours=1)
+    assert state(scheduler(True, not_ready, None)) == (
+        "the scheduler pod is not Ready",
+        now - dt.timedelta(hours=1),
+        False,
+    )

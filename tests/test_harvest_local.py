@@ -26,6 +26,7 @@ from distributed import Client, fire_and_forget
 from typer.testing import CliRunner
 
 from recc import RECCCluster, state
+from recc.cli import harvest as harvest_cli
 from recc.cli.main import app
 from recc.clusters import delete_cluster
 from recc.errors import ClusterNotFound
@@ -367,3 +368,24 @@ def dead_record(name: str) -> ClusterRecord:
     )
     state.save(record)
     return record
+
+
+def test_on_a_terminal_it_shows_the_plan_then_asks(monkeypatch: pytest.MonkeyPatch):
+    dead_record("h-ask")
+    monkeypatch.setattr(harvest_cli, "on_terminal", lambda: True)
+    with dask.config.set(FAST):
+        result = CliRunner().invoke(app, ["harvest", "--backend", "local"], input="n\n")
+        assert result.exit_code == 0
+        assert (
+            "Would reap 1 of 1 clusters" in result.output and "Reap 1 cluster now?" in result.output
+        )
+        assert state.exists("h-ask")  # answered no
+        result = CliRunner().invoke(app, ["harvest", "--backend", "local"], input="y\n")
+    assert result.exit_code == 0, result.output
+    assert "Reaped 1 of 1 clusters" in result.output and "deleted" in result.output
+    assert not state.exists("h-ask")
+
+
+def test_dry_run_and_yes_contradict():
+    code, output = run_cli("harvest", "--dry-run", "--yes")
+    assert code == 2 and "--dry-run and --yes contradict each other" in output

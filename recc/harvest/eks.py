@@ -75,6 +75,7 @@ from recc.tags import (
     CLUSTER_LABEL,
     CLUSTER_TAG,
     MANAGED_BY_LABEL,
+    MANAGED_BY_TAG,
     MANAGED_BY_VALUE,
     PROTECT_LABEL,
     PROTECT_UNTIL_TAG,
@@ -186,7 +187,7 @@ def _discover_all(conn: Connection) -> dict[str, Parts]:
             parts = found.setdefault(name, Parts(name))
             parts.namespace = ns
             parts.groups |= _spec_groups(ns)
-    for lt in nodegroups.find_launch_templates(conn.ec2):
+    for lt in _launch_templates(conn.ec2):
         cluster = tag_map(lt).get(CLUSTER_TAG)
         if cluster:
             parts = found.setdefault(cluster, Parts(cluster))
@@ -207,9 +208,45 @@ def _discover_all(conn: Connection) -> dict[str, Parts]:
     for name in unaccounted:  # candidate orphans, and node groups that are not RECC's
         _attribute(found, nodegroups.describe_nodegroup(conn.eks, conn.platform.cluster_name, name))
     for parts in found.values():
+        if parts.missing():
+            _confirm_missing(conn, parts)
         if parts.namespace is None:  # its tags are the only record left of owner, age, guard
             _describe_known(conn, parts)
     return found
+
+
+def _launch_templates(ec2: Any) -> list[dict[str, Any]]:
+    """RECC's launch templates, 200 a page (EC2's maximum: few calls for many clusters)."""
+    filters = [{"Name": f"tag:{MANAGED_BY_TAG}", "Values": [MANAGED_BY_VALUE]}]
+    pages = ec2.get_paginator("describe_launch_templates").paginate(
+        Filters=filters, PaginationConfig={"PageSize": 200}
+    )
+    return [t for page in pages for t in page["LaunchTemplates"] if is_managed(tag_map(t))]
+
+
+def _confirm_missing(conn: Connection, parts: Parts) -> None:
+    """Look up each part a listing did not show, by name, before calling it gone: a listing
+    that lags or is cut short must not make a working cluster look orphaned."""
+    name = parts.cluster
+    if parts.namespace is None:
+        namespace = apply.read(conn.api, Ref("v1", "Namespace", name))
+        labels = _meta(namespace).get("labels") or {}
+        if labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE and labels.get(CLUSTER_LABEL) == name:
+            parts.namespace = namespace
+    for group in sorted(parts.groups):
+        resource = f"{name}-{group}"
+        if resource not in parts.launch_templates:
+            template = nodegroups.describe_launch_template(conn.ec2, resource)
+            tags = tag_map(template or {})
+            if template and is_managed(tags) and tags.get(CLUSTER_TAG) == name:
+                parts.launch_templates[resource] = template
+        if resource not in parts.nodegroups:
+            described = nodegroups.describe_nodegroup(
+                conn.eks, conn.platform.cluster_name, resource
+            )
+            tags = (described or {}).get("tags") or {}
+            if described and is_managed(tags) and tags.get(CLUSTER_TAG) == name:
+                parts.nodegroups[resource] = described
 
 
 def _attribute(found: dict[str, Parts], described: dict[str, Any] | None) -> None:
@@ -344,22 +381,32 @@ class _Scheduler:
     service: dict[str, Any] | None
 
 
-def scheduler_state(s: _Scheduler, now: dt.datetime) -> tuple[str | None, dt.datetime | None]:
-    """(why the scheduler cannot answer, since when if Kubernetes says) - or (None, None) when
-    it should answer (its pod runs and is Ready). Pure."""
+def scheduler_state(s: _Scheduler) -> tuple[str | None, dt.datetime | None, bool]:
+    """(why the scheduler cannot answer, since when if Kubernetes says, whether it is gone for
+    good) - or (None, None, False) when it should answer (its pod runs and is Ready). Pure.
+
+    A cluster whose DaskCluster is gone cannot run again: nothing recreates it (the operator
+    deletes it itself when the scheduler shuts down idle), so only its infrastructure is left.
+    A missing or stopped scheduler pod may come back (the operator restarts it): grace applies.
+    """
     if not s.dask_cluster:
-        return "the cluster has no DaskCluster resource", None
+        why = (
+            "its DaskCluster is gone (the operator deletes it when the scheduler shuts itself "
+            "down idle; or it was deleted by hand)"
+        )
+        return why, None, True
     if s.pod is None:
-        return "the cluster has no scheduler pod", None
+        return "the cluster has no scheduler pod", None, False
     status = s.pod.get("status") or {}
     phase = status.get("phase") or "Unknown"
     if phase != "Running":
-        return f"the scheduler pod is {phase}", None
+        return f"the scheduler pod is {phase}", None, False
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Ready" and condition.get("status") != "True":
             changed = condition.get("lastTransitionTime")
-            return "the scheduler pod is not Ready", parse_rfc3339(changed) if changed else None
-    return None, None
+            since = parse_rfc3339(changed) if changed else None
+            return "the scheduler pod is not Ready", since, False
+    return None, None, False
 
 
 # -- the site ---------------------------------------------------------------------------------
@@ -503,10 +550,11 @@ class EKSSite:
         routes: dict[str, tuple[str, PortForwarder | None]] = {}
         lb_checks: dict[str, tuple[str, int]] = {}
         for name, s in schedulers.items():
-            why, since = scheduler_state(s, now)
+            why, since, gone = scheduler_state(s)
             if why is not None:
                 answers[name] = Unanswered(why, unreachable=True)
                 facts[name]["unreachable"] = why
+                facts[name]["scheduler_gone"] = gone
                 if since is not None:
                     facts[name]["unreachable_since"] = since
                 if s.pod is not None and (s.pod.get("status") or {}).get("phase") in (
