@@ -461,7 +461,7 @@ class EKSSite:
         for name, fact in facts.items():
             fact["interrupted"] = interrupted(memory.get(name, {}))
         complete = [n for n, p in found.items() if not facts[n]["missing"] and p.namespace]
-        answers, forwards = self._ask(complete, now, facts)
+        answers, forwards = self._ask(complete, facts)
         try:
             changes: dict[str, Any] = {}
             for name in complete:
@@ -480,7 +480,7 @@ class EKSSite:
         return [Observation(**facts[name]) for name in sorted(facts)]
 
     def _ask(
-        self, names: list[str], now: dt.datetime, facts: dict[str, dict[str, Any]]
+        self, names: list[str], facts: dict[str, dict[str, Any]]
     ) -> tuple[dict[str, SchedulerEvidence | Unanswered], list[PortForwarder]]:
         """Ask each live scheduler; fill ``facts`` with what was learned."""
         if not names:
@@ -495,7 +495,7 @@ class EKSSite:
         answers: dict[str, SchedulerEvidence | Unanswered] = {}
         targets: dict[str, tuple[str, Security]] = {}
         forwards: list[PortForwarder] = []
-        routes = self._routes(schedulers, now, facts, answers)
+        routes = self._routes(schedulers, facts, answers)
         for name, (address, forward) in routes.items():
             if forward is not None:
                 forwards.append(forward)
@@ -531,7 +531,9 @@ class EKSSite:
         dask = {_meta(d).get("namespace") for d in listing.get("items") or []}
         pods = apply.list_objects(api, "v1", "Pod", one, label_selector=_SCHEDULER)
         services = apply.list_objects(api, "v1", "Service", one, label_selector=_SCHEDULER)
-        by_ns_pod = {_meta(p).get("namespace"): p for p in pods}
+        # A restarted scheduler leaves its old pod behind for a while: the running one counts.
+        running_last = sorted(pods, key=lambda p: (p.get("status") or {}).get("phase") == "Running")
+        by_ns_pod = {_meta(p).get("namespace"): p for p in running_last}
         by_ns_svc = {
             _meta(s).get("namespace"): s
             for s in services
@@ -542,7 +544,6 @@ class EKSSite:
     def _routes(
         self,
         schedulers: dict[str, _Scheduler],
-        now: dt.datetime,
         facts: dict[str, dict[str, Any]],
         answers: dict[str, SchedulerEvidence | Unanswered],
     ) -> dict[str, tuple[str, PortForwarder | None]]:
