@@ -23,7 +23,8 @@ import yaml
 
 from recc import aws
 from recc.errors import BackendError, ConfigError
-from recc.platform.settings import PLATFORM_FILE, SETTINGS, current, nest
+from recc.harvest.manifests import harvester_manifests
+from recc.platform.settings import SETTINGS, current
 
 # Platform objects say they are part of RECC but are *not* managed-by=recc: the harvester may
 # delete whatever carries that label, and it must never take the platform for an orphan.
@@ -261,126 +262,6 @@ def researcher_manifests(group: str, namespace_prefix: str) -> list[dict[str, An
     return [role, _binding(name, [_group(group)]), policy, binding]
 
 
-def harvester_manifests(settings: Mapping[str, Any], recc_version: str) -> list[dict[str, Any]]:
-    """The harvester: service account (IRSA), RBAC, its config, and the CronJob.
-
-    ``settings`` are the platform settings (``eks.*`` keys, as ``configure`` writes them); the
-    harvester pod gets them as its dask config, so it acts on the same platform as the CLI.
-    """
-    namespace = settings["eks.system-namespace"]
-    account = settings["eks.harvester-service-account"]
-    role_arn = settings.get("eks.harvester-role-arn")
-    if not role_arn:
-        raise ConfigError(
-            "recc.eks.harvester-role-arn is not set: the harvester needs its IRSA role (for "
-            "example: arn:aws:iam::123456789012:role/research-dask-recc-harvester; run recc "
-            "platform configure --from-terraform)"
-        )
-    image = settings.get("eks.harvester-image") or settings["image"]
-    env = [{"name": "DASK_CONFIG", "value": "/etc/recc"}]
-    if not settings.get("eks.harvester-image"):
-        # The Dask image's entrypoint installs EXTRA_PIP_PACKAGES before running the args.
-        env.append({"name": "EXTRA_PIP_PACKAGES", "value": f"recc=={recc_version}"})
-    platform_yaml = yaml.safe_dump(
-        nest({k: v for k, v in settings.items() if k.startswith("eks.")}), sort_keys=False
-    )
-    cron_job = {
-        "apiVersion": "batch/v1",
-        "kind": "CronJob",
-        "metadata": _meta("recc-harvester", namespace),
-        "spec": {
-            "schedule": settings["eks.harvester-schedule"],
-            "timeZone": "Etc/UTC",
-            "concurrencyPolicy": "Forbid",  # a slow pass must not race the next one
-            "startingDeadlineSeconds": 300,
-            "successfulJobsHistoryLimit": 3,
-            "failedJobsHistoryLimit": 3,
-            "jobTemplate": {
-                "metadata": {"labels": _labels()},
-                "spec": {
-                    "backoffLimit": 0,  # the next scheduled pass is the retry
-                    "activeDeadlineSeconds": 1800,
-                    "template": {
-                        "metadata": {"labels": _labels(**{"app.kubernetes.io/name": "harvester"})},
-                        "spec": {
-                            "serviceAccountName": account,
-                            "restartPolicy": "Never",
-                            "nodeSelector": SYSTEM_POOL,
-                            "containers": [
-                                {
-                                    "name": "harvester",
-                                    "image": image,
-                                    # args, not command: keep the image's entrypoint.
-                                    "args": [
-                                        "recc",
-                                        "harvest",
-                                        "--backend",
-                                        "eks",
-                                        "--yes",
-                                        "--json",
-                                    ],
-                                    "env": env,
-                                    "resources": {
-                                        "requests": {"cpu": "100m", "memory": "256Mi"},
-                                        "limits": {"memory": "1Gi"},
-                                    },
-                                    "securityContext": {"allowPrivilegeEscalation": False},
-                                    "volumeMounts": [
-                                        {
-                                            "name": "config",
-                                            "mountPath": "/etc/recc",
-                                            "readOnly": True,
-                                        }
-                                    ],
-                                }
-                            ],
-                            "volumes": [{"name": "config", "configMap": {"name": "recc-platform"}}],
-                        },
-                    },
-                },
-            },
-        },
-    }
-    role = _cluster_role(
-        "recc-harvester",
-        [
-            _rule([""], ["namespaces"], ["get", "list", "watch", "delete"]),
-            _rule([""], ["pods", "services"], ["get", "list", "watch"]),
-            # Idle checks talk to each scheduler over TLS with the cluster's client credentials,
-            # from outside the cluster through a port-forward.
-            _rule([""], ["secrets"], ["get"]),
-            _rule([""], ["pods/portforward"], ["create"]),
-            _rule(
-                ["kubernetes.dask.org"],
-                ["daskclusters", "daskworkergroups"],
-                ["get", "list", "watch", "patch", "delete"],
-            ),
-            _rule([""], ["nodes"], ["get", "list", "watch"]),
-        ],
-    )
-    subjects = [
-        {"kind": "ServiceAccount", "name": account, "namespace": namespace},
-        _group(settings["eks.harvester-group"]),
-    ]
-    return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(namespace)},
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": _meta(account, namespace, **{"eks.amazonaws.com/role-arn": role_arn}),
-        },
-        role,
-        _binding("recc-harvester", subjects),
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": _meta("recc-platform", namespace),
-            "data": {PLATFORM_FILE: platform_yaml},
-        },
-        cron_job,
-    ]
-
-
 INSTALL_DEFAULTS = {
     "eks.operator-namespace": "dask-operator",
     "eks.system-namespace": "recc",
@@ -435,6 +316,10 @@ _KUBE_APIS: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("v1", "Namespace"): ("CoreV1Api", "namespace", False),
     ("v1", "ServiceAccount"): ("CoreV1Api", "namespaced_service_account", True),
     ("v1", "ConfigMap"): ("CoreV1Api", "namespaced_config_map", True),
+    ("rbac.authorization.k8s.io/v1", "Role"): (
+        "RbacAuthorizationV1Api", "namespaced_role", True),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): (
+        "RbacAuthorizationV1Api", "namespaced_role_binding", True),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): (
         "RbacAuthorizationV1Api", "cluster_role", False),
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): (
