@@ -10,6 +10,7 @@ import csv
 import difflib
 import importlib.resources
 import json
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -114,7 +115,7 @@ def aws_catalog(ec2_client: Any, cache_file: Path | None = None) -> Catalog:
     paginator = ec2_client.get_paginator("describe_instance_types")
     types = [_from_description(it) for page in paginator.paginate() for it in page["InstanceTypes"]]
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
+    tmp = cache_file.with_suffix(f".{os.getpid()}.{time.monotonic_ns()}.tmp")  # racing writers
     tmp.write_text(json.dumps([asdict(t) for t in types]))
     tmp.replace(cache_file)
     return Catalog(types, "EC2 DescribeInstanceTypes")
