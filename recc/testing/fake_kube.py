@@ -572,14 +572,7 @@ class FakeKubeServer:
         return self._existing(self.resource_type("pods"), namespace, name)
 
     def _take_fault(self, verb: str, resource: str) -> _Fault | None:
-        for fault in self._faults:
-            if (fault.verb, fault.resource) == (verb, resource):
-                if fault.times is not None:
-                    fault.times -= 1
-                    if fault.times <= 0:
-                        self._faults.remove(fault)
-                return fault
-        return None
+        return take_fault(self._faults, lambda f: (f.verb, f.resource) == (verb, resource))
 
     def _dispatch(self, verb: str, request: _Request, headers: Any, body: Any) -> tuple[int, Any]:
         rtype, namespace, name = request.rtype, request.namespace, request.name
@@ -834,3 +827,16 @@ def fake_kubernetes(port: int = 0) -> Iterator[FakeKubeServer]:
         yield server
     finally:
         server.stop()
+
+
+def take_fault(faults: list[Any], matches: Callable[[Any], bool]) -> Any | None:
+    """The first pending fault that ``matches``, counting one use; a fault whose ``times``
+    run out leaves ``faults`` (``times`` None: it stays until cleared)."""
+    for fault in faults:
+        if matches(fault):
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    faults.remove(fault)
+            return fault
+    return None

@@ -27,6 +27,8 @@ import botocore.session
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError, UnknownServiceError
 
+from recc.testing.fake_kube import take_fault
+
 Record = Callable[[tuple[str, str, str]], None]
 
 
@@ -123,14 +125,9 @@ class AWSFaults:
 
     def _take(self, service: str, operation: str) -> _Fault | None:
         with self._lock:
-            for fault in self._faults:
-                if (fault.service, fault.operation) == (service, operation):
-                    if fault.times is not None:
-                        fault.times -= 1
-                        if fault.times <= 0:
-                            self._faults.remove(fault)
-                    return fault
-        return None
+            return take_fault(
+                self._faults, lambda f: (f.service, f.operation) == (service, operation)
+            )
 
     def _before_call(
         self, model: Any, params: dict[str, Any], context: dict[str, Any], **_: Any

@@ -340,14 +340,10 @@ class DaskOperator:
     def _try_start_scheduler(
         self, cluster: _Cluster, obj: dict[str, Any], member: _Member, pod_spec: dict
     ) -> None:
-        blocker, node = self._placement(cluster, pod_spec)
-        try:
-            tls = self._tls(cluster, pod_spec)
-        except _NotReady as e:
-            blocker = blocker or str(e)
-        if blocker:
-            self._pod_pending(cluster, member, blocker)
+        ready = self._ready(cluster, member, pod_spec)
+        if ready is None:
             return
+        tls, node = ready
         container = _container(pod_spec, "scheduler")
         env, args = self._container_env_args(cluster, pod_spec, container, {})
         scheduler_file = cluster.directory / "scheduler.json"
@@ -439,7 +435,10 @@ class DaskOperator:
             if member.phase == "Pending":
                 self._try_start_worker(cluster, member, pod_spec)
 
-    def _try_start_worker(self, cluster: _Cluster, member: _Member, pod_spec: dict) -> None:
+    def _ready(
+        self, cluster: _Cluster, member: _Member, pod_spec: dict
+    ) -> tuple[TLSFiles, Any] | None:
+        """(TLS files, node) when the pod can start; otherwise mark it Pending and say None."""
         blocker, node = self._placement(cluster, pod_spec)
         try:
             tls = self._tls(cluster, pod_spec)
@@ -447,7 +446,14 @@ class DaskOperator:
             blocker = blocker or str(e)
         if blocker:
             self._pod_pending(cluster, member, blocker)
+            return None
+        return tls, node
+
+    def _try_start_worker(self, cluster: _Cluster, member: _Member, pod_spec: dict) -> None:
+        ready = self._ready(cluster, member, pod_spec)
+        if ready is None:
             return
+        tls, node = ready
         container = _container(pod_spec, "worker")
         extra_env = {"DASK_WORKER_NAME": member.pod, "DASK_SCHEDULER_ADDRESS": cluster.address}
         env, args = self._container_env_args(cluster, pod_spec, container, extra_env)
