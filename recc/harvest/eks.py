@@ -647,7 +647,7 @@ def _container_port(pod: Mapping[str, Any]) -> int | None:
 def lock_lease() -> float:
     """Seconds a harvest lock lasts before another harvester may take it over
     (``recc.harvest.lock-lease``, default 3600: longer than deleting node groups takes)."""
-    return float(config.get("harvest.lock-lease", default=3600))
+    return parse_duration(config.get("harvest.lock-lease", default=3600)) or 3600.0
 
 
 class ConfigMapLock:

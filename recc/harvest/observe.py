@@ -78,7 +78,7 @@ def site_for(backend: Backend | str | None = None) -> Site:
 
 def probe_timeout() -> float:
     """Seconds to wait for a scheduler's answer (``recc.harvest.probe-timeout``, default 10)."""
-    return float(config.get("harvest.probe-timeout", default=10))
+    return parse_duration(config.get("harvest.probe-timeout", default=10)) or 10.0
 
 
 def expiry(
