@@ -77,6 +77,12 @@ def parse_duration(value: object) -> float | None:
     return seconds
 
 
+def seconds(value: object) -> float:
+    """Seconds from ``"10s"``, ``"2m"`` or a number, zero allowed (e.g. a lease that has already
+    run out); unlike :func:`parse_duration`, for settings rather than user specs."""
+    return float(parse_timedelta(value, default="seconds"))  # type: ignore[arg-type]
+
+
 def format_memory(size: int) -> str:
     """The shortest exact spelling of a size: ``"1.5GiB"``, ``"1000MiB"``, ``"123456B"``."""
     for unit, factor in (("GiB", GiB), ("MiB", MiB)):

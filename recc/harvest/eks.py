@@ -83,7 +83,7 @@ from recc.tags import (
     parse_rfc3339,
     rfc3339,
 )
-from recc.units import parse_duration
+from recc.units import parse_duration, seconds
 
 logger = logging.getLogger(__name__)
 
@@ -647,7 +647,7 @@ def _container_port(pod: Mapping[str, Any]) -> int | None:
 def lock_lease() -> float:
     """Seconds a harvest lock lasts before another harvester may take it over
     (``recc.harvest.lock-lease``, default 3600: longer than deleting node groups takes)."""
-    return parse_duration(config.get("harvest.lock-lease", default=3600)) or 3600.0
+    return seconds(config.get("harvest.lock-lease", default=3600))
 
 
 class ConfigMapLock:

@@ -32,7 +32,7 @@ from typing import Any
 
 from recc import config
 from recc.naming import current_user
-from recc.units import parse_duration
+from recc.units import seconds
 
 
 def harvest_dir() -> Path:
@@ -52,7 +52,7 @@ def holder_name(identity: Mapping[str, Any]) -> str:
 
 def lock_wait() -> float:
     """Seconds to wait for another harvester's lock (``recc.harvest.lock-wait``, default 120)."""
-    return parse_duration(config.get("harvest.lock-wait", default=120)) or 120.0
+    return seconds(config.get("harvest.lock-wait", default=120))
 
 
 @contextmanager

@@ -31,7 +31,7 @@ from recc.harvest.probe import Unanswered, ask_all
 from recc.harvest.protect import local_protection
 from recc.state import ClusterRecord
 from recc.tags import parse_rfc3339, rfc3339
-from recc.units import parse_duration
+from recc.units import parse_duration, seconds
 
 # What distributed logs when a scheduler closes itself after its idle timeout.
 _IDLE_SHUTDOWN = ("idle-timeout-exceeded", "Scheduler closing after being idle")
@@ -78,7 +78,7 @@ def site_for(backend: Backend | str | None = None) -> Site:
 
 def probe_timeout() -> float:
     """Seconds to wait for a scheduler's answer (``recc.harvest.probe-timeout``, default 10)."""
-    return parse_duration(config.get("harvest.probe-timeout", default=10)) or 10.0
+    return seconds(config.get("harvest.probe-timeout", default=10))
 
 
 def expiry(
