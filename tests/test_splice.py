@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import doctest
 import io
+import tempfile
 from pathlib import Path
 
 import dask.dataframe as dd
+import fastparquet
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -46,6 +48,16 @@ def _values(rows: int) -> np.ndarray:
     values = np.random.default_rng(7).normal(size=rows)
     values[::7] = np.nan  # NaN is a value like any other: it must survive as NaN
     return values
+
+
+def _by_fastparquet() -> pa.Buffer:
+    """Another writer's conventions (file_offset set, format version 1, no dictionary)."""
+    frame = pa.table(_keys(strings=True)).to_pandas().assign(value=0.0)
+    frame["Date"] = pd.to_datetime(frame["Date"])
+    with tempfile.TemporaryDirectory() as directory:
+        file = Path(directory) / "layout.parquet"
+        fastparquet.write(str(file), frame, row_group_offsets=300, compression="SNAPPY")
+        return pa.py_buffer(file.read_bytes())
 
 
 def _no_row_groups() -> pa.Buffer:
@@ -84,6 +96,7 @@ LAYOUTS = {
     "string keys": lambda: _write(pa.table(_keys(strings=True)), row_group_size=600),
     "data page v2": lambda: _write(pa.table(_keys()), data_page_version="2.0",
                                    row_group_size=300, compression="zstd"),
+    "written by fastparquet": _by_fastparquet,
     "empty, one row group": lambda: _write(pa.table(_keys(0))),
     "empty, no row group": _no_row_groups,
 }
@@ -138,6 +151,26 @@ def test_keeps_row_groups_and_key_statistics(layout):
             group = values[sum(after.row_group(g).num_rows for g in range(r)):][
                 :after.row_group(r).num_rows]
             assert value_stats.max == np.nanmax(group)
+
+
+def test_chunks_are_contiguous_and_carry_no_stale_references(layout):
+    """Every chunk sits where the footer says, back to back, with no index or bloom filter
+    references left pointing into the layout."""
+    output = _splice(layout, _values(pq.read_metadata(pa.BufferReader(layout)).num_rows))
+    metadata = pq.read_metadata(pa.BufferReader(output))
+    position = 4  # after the leading magic
+    for r in range(metadata.num_row_groups):
+        for i in range(metadata.num_columns):
+            chunk = metadata.row_group(r).column(i)
+            pages = [p for p in (chunk.data_page_offset, chunk.dictionary_page_offset) if p]
+            assert min(pages, default=position) == position  # an empty chunk has no pages
+            # Deprecated and writer-specific (0, chunk start or chunk end), but never elsewhere.
+            end = position + chunk.total_compressed_size
+            assert chunk.file_offset == 0 or position <= chunk.file_offset <= end
+            assert not (chunk.has_column_index or chunk.has_offset_index)
+            assert chunk.bloom_filter_offset is None
+            position += chunk.total_compressed_size
+    assert position == output.size - 8 - metadata.serialized_size
 
 
 def test_reads_one_column_at_a_time(layout):

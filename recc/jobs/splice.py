@@ -258,11 +258,11 @@ def _assemble(
     spec: _Layout, value_file: tuple[pa.Buffer, ThriftObject]
 ) -> tuple[ThriftObject, list[pa.Buffer]]:
     """The new footer and the column chunks to write after the leading magic, in order."""
-    layout, values = spec.footer, value_file[1]
+    layout, (value_buffer, values) = spec.footer, value_file
     position, chunks, row_groups = len(_MAGIC), [], []
     for rg, value_rg in zip(layout.row_groups, values.row_groups, strict=True):
         sources = [(spec.buffer, rg.columns[leaf]) for leaf in spec.key_leaves]
-        sources.append((value_file[0], value_rg.columns[0]))
+        sources.append((value_buffer, value_rg.columns[0]))
         first, columns = position, []
         for buffer, chunk in sources:
             start, length = _chunk_range(chunk.meta_data)
@@ -280,8 +280,8 @@ def _assemble(
                                        repetition_type=root.repetition_type,
                                        num_children=len(spec.key_elements) + 1)]
     schema += [*spec.key_elements, values.schema[1]]
-    # Without the layout's column orders its key statistics keep their old meaning only if
-    # no orders are declared at all (they must be one per leaf or none).
+    # Column orders are one per leaf or none. A layout that declares none gets none: declaring
+    # orders now could change how readers interpret its key statistics.
     orders = None
     if layout.column_orders and values.column_orders:
         orders = [layout.column_orders[leaf] for leaf in spec.key_leaves]
