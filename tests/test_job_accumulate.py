@@ -9,7 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from recc.datastore import DataStore
-from recc.jobs.accumulate import Accumulator, InputError, KeyGrowthExceeded, open_source
+from recc.jobs.accumulate import (
+    LAYOUT_OF,
+    Accumulator,
+    InputError,
+    KeyGrowthExceeded,
+    open_source,
+)
 from recc.jobs.generate import generate
 from recc.jobs.keyindex import KeyIndex, has_repeats
 from recc.jobs.tasks import sum_files
@@ -161,6 +167,79 @@ def test_partials_round_trip_through_ipc(tmp_path):
     got = pd.read_parquet(out).set_index(["path", "Date"]).value
     assert report.rows_out == len(want) == len(got)
     np.testing.assert_allclose(got.reindex(want.index).to_numpy(), want.to_numpy())
+
+
+def run_lanes(tmp_path, files: list[str], lanes: list[list[str]]) -> tuple[str, list[str]]:
+    """Lanes and a final over them, every task naming files[0] as the layout, as the job does."""
+    partials = [str(tmp_path / f"lane-{i}.arrow") for i in range(len(lanes))]
+    for lane, partial in zip(lanes, partials, strict=True):
+        sum_files(STORE, "g", lane, partial, final=False, max_rows=None, schema=None,
+                  files=len(lane), layout=files[0])
+    out = str(tmp_path / "g.parquet")
+    sum_files(STORE, "g", partials, out, final=True, max_rows=None, schema=None, files=0,
+              layout=files[0])
+    want = pandas_sum(files)
+    got = pd.read_parquet(out).set_index(["path", "Date"]).value
+    assert got.index.is_unique and len(got) == len(want)
+    np.testing.assert_allclose(got.reindex(want.index).to_numpy(), want.to_numpy(),
+                               rtol=1e-12, atol=1e-12)
+    return out, partials
+
+
+def test_shared_layout_lanes_write_values_only_and_the_output_copies_the_keys(tmp_path):
+    """The fast path end to end: no lane stores keys, and the output's encoded key columns
+    are the layout file's bytes (so nothing decoded or re-encoded them)."""
+    info = generate(str(tmp_path / "in"), files=6, paths=40, dates=12, seed=21,
+                    row_group_size=100)
+    files = files_of(info)
+    out, partials = run_lanes(tmp_path, files, [files[:2], files[2:4], files[4:]])
+    for partial in partials:
+        schema = pa.ipc.open_file(partial).schema
+        assert schema.names == ["value"]
+        assert schema.metadata[LAYOUT_OF] == open_source(STORE, files[0]).layout_id()
+    def key_bytes(url: str) -> list:
+        return [p.to_pybytes() if isinstance(p, pa.Buffer) else p
+                for p in open_source(STORE, url).signature()]
+
+    assert key_bytes(out) == key_bytes(files[0])
+    assert pq.ParquetFile(out).metadata.num_row_groups == 5
+
+
+def test_a_lane_in_another_order_mixes_with_values_only_lanes(tmp_path):
+    """A lane whose files differ writes keys; the final aligns the values-only lanes to the
+    layout's keys once its sums have left the layout's order."""
+    info = generate(str(tmp_path / "in"), files=3, paths=30, dates=8, seed=22)
+    odd = generate(str(tmp_path / "odd"), files=2, paths=30, dates=8, seed=23,
+                   shuffle_each=True, missing=0.2)
+    files, others = files_of(info), files_of(odd)
+    for name, lanes in {"keyed-first": [others, files[:2], files[2:]],
+                        "keyed-between": [files[:2], others, files[2:]]}.items():
+        (tmp_path / name).mkdir()
+        _, partials = run_lanes(tmp_path / name, [*files, *others], lanes)
+        keyed = ["path" in pa.ipc.open_file(p).schema.names for p in partials]
+        assert keyed == [lane is others for lane in lanes]
+
+
+def test_layout_with_repeated_keys_is_merged_not_copied(tmp_path):
+    days = pa.array(np.array(["2030-01-01"] * 4, dtype="datetime64[D]"), pa.date32())
+    a = write(tmp_path / "a.parquet", path=pa.array([1, 1, 2, 3]), Date=days,
+              value=pa.array([1.0, 2.0, 3.0, 4.0]))
+    b = write(tmp_path / "b.parquet", path=pa.array([1, 1, 2, 3]), Date=days,
+              value=pa.array([10.0, 20.0, 30.0, 40.0]))
+    out, _ = run_lanes(tmp_path, [a, b], [[a], [b]])
+    assert pq.read_table(out).num_rows == 3
+
+
+def test_a_partial_over_another_layout_is_refused(tmp_path):
+    info = generate(str(tmp_path / "in"), files=2, paths=10, dates=4, seed=24)
+    other = generate(str(tmp_path / "other"), files=1, paths=10, dates=4, seed=25)
+    files = files_of(info)
+    partial = str(tmp_path / "p.arrow")
+    sum_files(STORE, "g", files, partial, final=False, max_rows=None, schema=None, files=2,
+              layout=files[0])
+    with pytest.raises(InputError, match="another layout"):
+        sum_files(STORE, "g", [partial], str(tmp_path / "o.parquet"), final=True,
+                  max_rows=None, schema=None, files=0, layout=files_of(other)[0])
 
 
 def test_key_index_switches_to_hash_for_sparse_keys():

@@ -1,14 +1,19 @@
 """The summing core: add simulation files into one accumulator, key by key.
 
-A file is added in the cheapest way that is still exact:
+The sums start in the key order of a *layout* file (the group's first file), whose keys are
+decoded only if something needs them. A file is added in the cheapest way that is still exact:
 
-1. **same bytes** - its key columns are byte-for-byte the encoded key columns of the first
-   file (same writer, same row order): only ``value`` is decoded and added with ``np.add``.
+1. **same bytes** - its key columns are byte-for-byte the encoded key columns of the layout
+   (same writer, same row order): only ``value`` is decoded and added with ``np.add``.
    Comparing encoded bytes costs a memcmp, a tenth of decoding the keys.
-2. **same keys** - decoded keys equal the canonical keys (other encoding, same order): add.
+2. **same keys** - decoded keys equal the layout's keys (other encoding, same order): add.
 3. **aligned** - any other order or key set: look each key up in a hash index of the
-   canonical keys (new keys extend the accumulator) and add with ``np.bincount``, which also
+   layout's keys (new keys extend the accumulator) and add with ``np.bincount``, which also
    sums keys repeated within a file.
+
+While every file takes path 1 or 2, the sums stay row for row in the layout's order, so a
+partial sum is written as ``value`` alone (naming the layout, see :data:`LAYOUT_OF`) and the
+output's key columns can be copied from the layout file's bytes (:mod:`recc.jobs.splice`).
 
 The result matches ``pandas.concat(files).groupby(["path", "Date"]).value.sum()``: null keys
 are dropped, null and NaN values count as zero (a NaN seen in the sum triggers an exact
@@ -24,6 +29,7 @@ NaN-skipping pass), and keys repeated within a file are summed.
 from __future__ import annotations
 
 import collections
+import hashlib
 import mmap
 import os
 from collections.abc import Iterator
@@ -44,6 +50,9 @@ KEYS = ("path", "Date")
 VALUE = "value"
 COLUMNS = (*KEYS, VALUE)
 UNIQUE_FLAG = b"recc:unique-keys"
+# A partial sum that holds only ``value``, row for row in the key order of the layout file
+# whose :meth:`Source.layout_id` this is: lanes whose files all share the layout skip keys.
+LAYOUT_OF = b"recc:layout-of"
 DEFAULT_SCHEMA = pa.schema([("path", pa.int64()), ("Date", pa.date32()), ("value", pa.float64())])
 
 
@@ -119,14 +128,17 @@ class Source:
                 self.num_rows = self._pf.metadata.num_rows
         except (pa.ArrowInvalid, pa.ArrowException, OSError) as e:
             raise InputError(f"{url}: not a readable Parquet file: {e}") from e
-        missing = [c for c in COLUMNS if c not in schema.names]
+        metadata = schema.metadata or {}
+        # A values-only partial sum names the layout file its rows follow (see LAYOUT_OF).
+        self.layout_of: bytes | None = metadata.get(LAYOUT_OF) if self._ipc else None
+        missing = [c for c in ((VALUE,) if self.layout_of else COLUMNS) if c not in schema.names]
         if missing:
             raise InputError(
                 f"{url}: missing column(s) {', '.join(missing)}; each file needs columns "
                 f"{', '.join(COLUMNS)} (has {', '.join(schema.names)})"
             )
         # RECC's own partial sums record whether their keys are already free of repeats.
-        self.unique_keys = (schema.metadata or {}).get(UNIQUE_FLAG) == b"1"
+        self.unique_keys = metadata.get(UNIQUE_FLAG) == b"1"
         value_type = schema.field(VALUE).type
         if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)):
             raise InputError(f"{url}: column value is {value_type}, expected a number (float64)")
@@ -134,6 +146,34 @@ class Source:
 
     def _fail(self, e: Exception) -> InputError:
         return InputError(f"{self.url}: corrupt or unreadable data: {e}")
+
+    def layout_id(self) -> bytes:
+        """Names this file's key layout for values-only partial sums: a digest of its footer.
+
+        The footer holds every column chunk's offsets, sizes and statistics, so two files
+        with the same digest are the same file for any purpose short of rewriting it during
+        the job (which no job survives).
+        """
+        if self._pf is None:
+            raise InputError(f"{self.url}: only a Parquet file can be a key layout")
+        footer = self.buffer.size - 8 - int.from_bytes(self.buffer[-8:-4].to_pybytes(), "little")
+        return hashlib.blake2b(self.buffer[footer:].to_pybytes(), digest_size=16).hexdigest(
+            ).encode()
+
+    def key_nulls(self) -> bool | None:
+        """Whether a key is null anywhere, from the footer's statistics; None if not recorded."""
+        if self._pf is None:
+            return None
+        md = self._pf.metadata
+        names = [md.schema.column(i).name for i in range(md.num_columns)]
+        nulls = 0
+        for r in range(md.num_row_groups):
+            for key in KEYS:
+                stats = md.row_group(r).column(names.index(key)).statistics
+                if stats is None or not stats.has_null_count:
+                    return None
+                nulls += stats.null_count
+        return nulls > 0
 
     def signature(self) -> tuple | None:
         """The encoded key columns (zero-copy slices) and their layout, or None if unknown."""
@@ -251,6 +291,8 @@ def _own(signature: tuple | None) -> tuple | None:
 class Accumulator:
     """Sums files into per-key totals; see the module docs for how each file is added.
 
+    ``layout`` is the file whose key order the sums start in (by default the first file
+    added); its keys are decoded only if some file does not share its encoded keys.
     ``max_rows`` bounds the accumulator (the reservation its task's memory was sized for);
     growing past it raises :class:`KeyGrowthExceeded` rather than using memory nobody
     reserved. ``skip_nan`` adds NaN values as zero (pandas' group-by sum semantics).
@@ -258,22 +300,32 @@ class Accumulator:
 
     max_rows: int | None = None
     skip_nan: bool = False
+    layout: Source | None = None
     tally: Tally = field(default_factory=Tally)
-    keys: pa.Table | None = None
     values: np.ndarray | None = None
+    _keys: pa.Table | None = None  # decoded keys: only once something needs them
+    _ordered: bool = False  # row i of the sums is row i of the layout file
     _signature: tuple | None = None
     _index: KeyIndex | None = None
-    _unique_start: bool = False  # the first source vouched that its keys do not repeat
+    _unique: bool | None = None  # whether the keys are known free of repeats
+
+    @property
+    def keys(self) -> pa.Table | None:
+        """The keys of the sums, row for row (decoded from the layout file when first asked)."""
+        if self._keys is None and self.layout is not None:
+            self._keys = self.layout.keys()
+        return self._keys
 
     def add(self, source: Source) -> None:
         """Add every (path, Date, value) row of ``source``."""
+        if self.values is None:
+            self._begin(self.layout or source)
         self.tally.rows += source.num_rows
-        if self.keys is None:
-            self._start(source)
+        if source.layout_of is not None:
+            self._add_partial(source)
             return
         if self._index is None:
-            signature = source.signature()
-            if _equal_signatures(signature, self._signature):
+            if _equal_signatures(source.signature(), self._signature):
                 self._add_in_order(source)
                 self.tally.same_bytes += 1
                 return
@@ -283,27 +335,29 @@ class Accumulator:
                 self.tally.same_keys += 1
                 return
             del keys
-        self._add_aligned(source)
+        self._add_pairs(source.url, source.chunks())
         self.tally.aligned += 1
 
-    def _start(self, source: Source) -> None:
-        keys = source.keys()
-        if any(c.null_count for c in keys.columns):
+    def _begin(self, layout: Source) -> None:
+        if layout.layout_of is not None:
+            raise InputError(f"{layout.url}: a partial sum without its layout file")
+        self.layout = layout
+        nulls = layout.key_nulls()
+        if nulls is None:  # the footer does not say: decode and look
+            nulls = any(c.null_count for c in self.keys.columns)
+        if nulls:
             # Null-key rows are dropped (as pandas does), so rows no longer line up by
             # position: index from the start.
-            self.keys = keys.schema.empty_table()
+            self._keys = self.keys.schema.empty_table()
             self.values = np.zeros(0)
             self._index = KeyIndex()
-            self._add_aligned(source)
-            self.tally.aligned += 1
             return
-        self._check_rows(keys.num_rows, source.url)
-        self.keys = keys
-        self.values = np.zeros(keys.num_rows)
-        self._signature = _own(source.signature())
-        self._unique_start = source.unique_keys
-        self._add_in_order(source)
-        self.tally.same_bytes += 1
+        self._check_rows(layout.num_rows, layout.url)
+        self.values = np.zeros(layout.num_rows)
+        self._ordered = True
+        # The layout outlives the accumulator's use of it, so its slices need no copy.
+        self._signature = layout.signature()
+        self._unique = True if layout.unique_keys else None
 
     def _check_rows(self, rows: int, url: str) -> None:
         if self.max_rows is not None and rows > self.max_rows:
@@ -311,6 +365,20 @@ class Accumulator:
                 f"{url}: the sum grew to {rows} distinct keys, more than the {self.max_rows} "
                 "rows its memory was reserved for"
             )
+
+    def _add_partial(self, source: Source) -> None:
+        """A values-only partial sum: its rows are in the order of the layout file it names."""
+        assert self.layout is not None
+        if source.layout_of != self.layout.layout_id():
+            raise InputError(f"{source.url}: a partial sum over another layout than "
+                             f"{self.layout.url}'s")
+        if self._ordered:
+            self._add_in_order(source)
+            self.tally.same_bytes += 1
+        else:
+            values = np.concatenate(list(source.value_chunks()))
+            self._add_pairs(source.url, iter([(self.layout.keys(), values)]))
+            self.tally.aligned += 1
 
     def _add_in_order(self, source: Source) -> None:
         assert self.values is not None
@@ -327,27 +395,31 @@ class Accumulator:
 
     def _ensure_index(self) -> KeyIndex:
         if self._index is None:
-            assert self.keys is not None and self.values is not None
+            keys = self.keys
+            assert keys is not None and self.values is not None
             self._index = KeyIndex()
-            rows, first = self._index.rows_of(self.keys)
-            if len(first) != self.keys.num_rows:  # keys repeated within the first file
+            rows, first = self._index.rows_of(keys)
+            if len(first) != keys.num_rows:  # keys repeated within the first file
                 self.values = np.bincount(rows, weights=self.values, minlength=len(first))
-                self.keys = self.keys.take(pa.array(first))
+                self._keys = keys.take(pa.array(first))
             self._signature = None
+            self._ordered = False
+            self._unique = True
         return self._index
 
-    def _add_aligned(self, source: Source) -> None:
+    def _add_pairs(self, url: str, chunks: Iterator[tuple[pa.Table, np.ndarray]]) -> None:
+        """Add (keys, values) chunks in any order, extending the sums with new keys."""
         index = self._ensure_index()
-        for keys, values in source.chunks():
+        for keys, values in chunks:
             if any(c.null_count for c in keys.columns):
                 valid = pc.and_(pc.is_valid(keys.column(0)), pc.is_valid(keys.column(1)))
                 keys = keys.filter(valid)
                 values = values[np.asarray(valid)]
             rows, new = index.rows_of(keys)
-            assert self.keys is not None and self.values is not None
+            assert self._keys is not None and self.values is not None
             if len(new):
-                self._check_rows(self.keys.num_rows + len(new), source.url)
-                self.keys = pa.concat_tables([self.keys, keys.take(pa.array(new))])
+                self._check_rows(self._keys.num_rows + len(new), url)
+                self._keys = pa.concat_tables([self._keys, keys.take(pa.array(new))])
                 self.values = np.concatenate([self.values, np.zeros(len(new))])
             if self.skip_nan:
                 values = np.where(np.isnan(values), 0.0, values)
@@ -357,16 +429,27 @@ class Accumulator:
         """Whether a NaN reached the sum (then re-run with ``skip_nan=True``)."""
         return self.values is not None and bool(np.isnan(self.values).any())
 
+    def in_layout_order(self) -> Source | None:
+        """The layout file, while row i of the sums is row i of it (keys never decoded)."""
+        return self.layout if self._ordered else None
+
+    def unique_keys(self) -> bool:
+        """Whether no key repeats in the sums; checked once per key layout per process."""
+        if self._unique is None:
+            if _known_unique(self._signature):
+                self._unique = True
+            else:
+                assert self.keys is not None
+                self._unique = has_repeats(self.keys) is False
+                if self._unique and self._signature is not None:
+                    _UNIQUE_KEY_LAYOUTS.append(_own(self._signature))
+        return self._unique
+
     def table(self, unique: bool, schema: pa.Schema | None = None) -> pa.Table:
         """The sums as a (path, Date, value) table; ``unique`` merges repeated keys first."""
-        if self.keys is None or self.values is None:
+        if self.values is None:
             return (schema or DEFAULT_SCHEMA).empty_table()
-        if unique and self._index is None and not self._unique_start and not _known_unique(
-            self._signature
-        ):
-            if has_repeats(self.keys) is False:
-                if self._signature is not None:
-                    _UNIQUE_KEY_LAYOUTS.append(self._signature)
-            else:
-                self._ensure_index()
+        if unique and not self.unique_keys():
+            self._ensure_index()
+        assert self.keys is not None
         return self.keys.append_column(VALUE, pa.array(self.values, pa.float64()))

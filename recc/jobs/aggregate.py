@@ -355,7 +355,7 @@ class _Job:
         priority = self.priority[unit.group] + (10**6 if unit.final and unit.files == 0 else 0)
         future = self.client.submit(
             sum_files, self.store, unit.group, list(unit.inputs), unit.output, unit.final,
-            unit.max_rows, self.schema, unit.files,
+            unit.max_rows, self.schema, unit.files, unit.layout,
             key=f"recc-sum-{self.token}-{unit.group}-{unit.name}-{len(self.exact)}",
             resources={self.resource: memory_request(unit.need_bytes, self.capacity.scale)},
             priority=priority, pure=False,

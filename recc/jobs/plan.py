@@ -40,6 +40,7 @@ class Unit:
     files: int  # input files of the job this task covers (partials count as 0)
     max_rows: int  # accumulator rows the memory is reserved for
     need_bytes: int
+    layout: str | None = None  # the group's key layout file (its first file)
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,11 @@ class GroupPlan:
 def task_bytes(max_rows: int, largest_file: int, key_bytes: int) -> int:
     """Peak memory of a task whose sum holds ``max_rows`` keys.
 
-    The input file is memory-mapped (or downloaded) while it is read, hence the file size;
-    the fast path keeps a copy of the encoded key columns, and a worker remembers up to two
-    key layouts it has checked, hence three times ``key_bytes``.
+    The input file and the group's layout file are memory-mapped (or downloaded) while it
+    runs, plus the next input as it opens, hence three file sizes; a worker remembers up to
+    two key layouts it has checked, hence ``key_bytes`` twice more.
     """
-    return BYTES_PER_ROW * max_rows + 2 * largest_file + 3 * key_bytes + FIXED_BYTES
+    return BYTES_PER_ROW * max_rows + 3 * largest_file + 2 * key_bytes + FIXED_BYTES
 
 
 def reserved_rows(facts: list[FileFacts], key_growth: float) -> int:
@@ -76,12 +77,14 @@ def reserved_rows(facts: list[FileFacts], key_growth: float) -> int:
 
 
 def _unit(group: str, name: str, facts: list[FileFacts], output: str, final: bool,
-          files: int, key_growth: float, exact: bool, rows: int | None = None) -> Unit:
+          files: int, key_growth: float, exact: bool, layout: str | None,
+          rows: int | None = None) -> Unit:
     if rows is None:
         rows = reserved_rows(facts, key_growth) if not exact else max(1, sum(f.rows for f in facts))
     need = task_bytes(rows, max((f.size for f in facts), default=0),
                       max((f.key_bytes for f in facts), default=0))
-    return Unit(group, name, tuple(f.url for f in facts), output, final, files, rows, need)
+    return Unit(group, name, tuple(f.url for f in facts), output, final, files, rows, need,
+                layout)
 
 
 def plan_group(
@@ -93,9 +96,14 @@ def plan_group(
     key_growth: float = 1.25,
     exact: bool = False,
 ) -> GroupPlan:
-    """The tasks for ``group`` (see module docs); ``exact`` reserves for disjoint keys."""
+    """The tasks for ``group`` (see module docs); ``exact`` reserves for disjoint keys.
+
+    Every task names the group's first file as its key layout, so lanes whose files share
+    it write partial sums without keys, in its row order.
+    """
+    layout = facts[0].url if facts else None
     if len(facts) <= files_per_task:
-        final = _unit(group, "all", facts, output, True, len(facts), key_growth, exact)
+        final = _unit(group, "all", facts, output, True, len(facts), key_growth, exact, layout)
         return GroupPlan(group, len(facts), output, (), final)
     lanes_count = math.ceil(len(facts) / files_per_task)
     base, extra = divmod(len(facts), lanes_count)
@@ -104,14 +112,16 @@ def plan_group(
         chunk = facts[start : start + base + (1 if i < extra else 0)]
         start += len(chunk)
         url = f"{scratch.rstrip('/')}/lane-{i:05d}.arrow"
-        lane = _unit(group, f"lane-{i}", chunk, url, False, len(chunk), key_growth, exact)
+        lane = _unit(group, f"lane-{i}", chunk, url, False, len(chunk), key_growth, exact,
+                     layout)
         lanes.append(lane)
         # A partial holds (at most) its lane's reserved rows, as uncompressed IPC.
         partials.append(FileFacts(url, lane.max_rows, lane.max_rows * 24, 0, None))
     # The group's keys, not the partials' (already grown) reservations, bound the final sum.
     rows = min(sum(p.rows for p in partials),
                reserved_rows(facts, key_growth) if not exact else sum(f.rows for f in facts))
-    final = _unit(group, "final", partials, output, True, 0, key_growth, exact, max(1, rows))
+    final = _unit(group, "final", partials, output, True, 0, key_growth, exact, layout,
+                  max(1, rows))
     return GroupPlan(group, len(facts), output, tuple(lanes), final)
 
 
