@@ -282,7 +282,6 @@ class _Job:
         self.plans: dict[str, GroupPlan] = {}
         self.exact: set[str] = set()
         self.futures: dict[Future, Unit] = {}
-        self.lanes_left: dict[str, int] = {}
         self.pending = as_completed()
 
     def run(self) -> AggregateResult:
@@ -345,23 +344,26 @@ class _Job:
         self.plans[group] = plan
         result.memory_mib = request
         result.status = "running"
-        self.lanes_left[group] = len(plan.lanes)
-        for unit in units:
-            self._submit(unit)
+        lanes = [self._submit(unit) for unit in units]
+        if plan.lanes and plan.final is not None:
+            # Submitted now, after its lanes: the scheduler starts it the moment the last lane
+            # ends, with no round trip through this client.
+            self._submit(plan.final, after=lanes)
         self.progress(result)
 
-    def _submit(self, unit: Unit) -> None:
+    def _submit(self, unit: Unit, after: list[Future] | None = None) -> Future:
         # Finals first: they free scratch storage and finish groups; then larger groups.
         priority = self.priority[unit.group] + (10**6 if unit.final and unit.files == 0 else 0)
         future = self.client.submit(
             sum_files, self.store, unit.group, list(unit.inputs), unit.output, unit.final,
-            unit.max_rows, self.schema, unit.files, unit.layout,
+            unit.max_rows, self.schema, unit.files, unit.layout, after or [],
             key=f"recc-sum-{self.token}-{unit.group}-{unit.name}-{len(self.exact)}",
             resources={self.resource: memory_request(unit.need_bytes, self.capacity.scale)},
             priority=priority, pure=False,
         )
         self.futures[future] = unit
         self.pending.add(future)
+        return future
 
     def _follow(self) -> None:
         for future in self.pending:
@@ -393,12 +395,6 @@ class _Job:
             result.rows_out = report.rows_out
             result.status = "done"
             self._clean(unit.group)
-        else:
-            self.lanes_left[unit.group] -= 1
-            if not self.lanes_left[unit.group]:
-                plan = self.plans[unit.group]
-                assert plan.final is not None
-                self._submit(plan.final)
         self.progress(result)
 
     def _replan(self, group: str) -> None:

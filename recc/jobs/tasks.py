@@ -7,6 +7,7 @@ so they run the same in a test, in a local cluster and on EKS.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -96,6 +97,7 @@ def sum_files(
     schema: pa.Schema | None,
     files: int,
     layout: str | None = None,
+    after: Sequence[TaskReport] = (),
 ) -> TaskReport:
     """Sum ``inputs`` and write the result to ``output`` all or nothing.
 
@@ -103,7 +105,9 @@ def sum_files(
     sum that a final task reads back without decoding. ``layout`` is the group's key layout
     file (see :mod:`recc.jobs.accumulate`); every task of a group names the same one, so
     partial sums in its order carry no keys. Repeated keys are merged in the output.
-    ``files`` is how many of the job's input files this covers (for progress).
+    ``files`` is how many of the job's input files this covers (for progress). ``after``
+    takes the reports of the tasks that write ``inputs`` (as Dask futures, it makes this task
+    wait for them); they are not needed otherwise.
     """
     start, cpu = time.perf_counter(), time.thread_time()
     acc = _sum(store, inputs, layout, max_rows, skip_nan=False)
