@@ -195,7 +195,9 @@ def find_launch_templates(ec2: Any, cluster: str | None = None) -> list[dict[str
     if cluster is not None:
         filters.append({"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]})
     found = []
-    for page in ec2.get_paginator("describe_launch_templates").paginate(Filters=filters):
+    pages = ec2.get_paginator("describe_launch_templates").paginate(
+        Filters=filters, PaginationConfig={"PageSize": 200})  # EC2's largest page
+    for page in pages:
         found += [t for t in page["LaunchTemplates"] if is_managed(_tags(t.get("Tags")))]
     return found
 
@@ -271,10 +273,17 @@ def delete_nodegroup(eks: Any, eks_cluster: str, name: str) -> str:
 
 
 def find_nodegroups(eks: Any, eks_cluster: str, cluster: str | None = None) -> list[dict]:
-    """RECC's node groups on ``eks_cluster`` (of ``cluster``), found by their tags."""
+    """RECC's node groups on ``eks_cluster`` (of ``cluster``), found by their tags.
+
+    With ``cluster``, only names that could be its node groups are described (one call
+    each), so deleting one cluster costs the same however many others share the platform.
+    """
+    prefix = nodegroup_name(cluster, "") if cluster is not None else ""
     found = []
     for page in eks.get_paginator("list_nodegroups").paginate(clusterName=eks_cluster):
         for name in page["nodegroups"]:
+            if not name.startswith(prefix):
+                continue
             described = describe_nodegroup(eks, eks_cluster, name)
             tags = (described or {}).get("tags") or {}
             if described and is_managed(tags) and cluster in (None, tags.get(CLUSTER_TAG)):

@@ -120,6 +120,27 @@ resource "aws_iam_policy" "researcher" {
         }
       },
       {
+        # `recc protect` / `recc unprotect`: only the two protection tags, only on RECC's own.
+        Sid      = "MarkRECCNodegroupsProtected"
+        Effect   = "Allow"
+        Action   = ["eks:TagResource", "eks:UntagResource"]
+        Resource = local.nodegroup_arns
+        Condition = {
+          StringEquals                = { "aws:ResourceTag/${local.managed_by_key}" = local.managed_by_value }
+          "ForAllValues:StringEquals" = { "aws:TagKeys" = local.protect_tags }
+        }
+      },
+      {
+        Sid      = "MarkRECCLaunchTemplatesProtected"
+        Effect   = "Allow"
+        Action   = ["ec2:CreateTags", "ec2:DeleteTags"]
+        Resource = local.launch_template_arns
+        Condition = {
+          StringEquals                = { "aws:ResourceTag/${local.managed_by_key}" = local.managed_by_value }
+          "ForAllValues:StringEquals" = { "aws:TagKeys" = local.protect_tags }
+        }
+      },
+      {
         Sid      = "PassOnlyTheNodeRole"
         Effect   = "Allow"
         Action   = "iam:PassRole"

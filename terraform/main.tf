@@ -23,6 +23,8 @@ locals {
   # The tag every RECC-created resource carries; IAM conditions below key on it.
   managed_by_key   = "recc:managed-by"
   managed_by_value = "recc"
+  # The marks `recc protect` sets (recc.tags.PROTECT_LABEL / PROTECT_UNTIL_TAG).
+  protect_tags = ["recc.io/protect", "recc:protect-until"]
 
   # RECC's cost allocation tags (see the tag schema in DESIGN.md); recc:managed-by is also
   # activated because the cluster budget filters on it.

@@ -140,6 +140,21 @@ def test_found_again_by_tags_alone(aws):
     assert nodegroups.find_launch_templates(ec2, "other") == []
 
 
+def test_finding_one_clusters_node_groups_describes_only_names_it_could_own(aws):
+    """Deleting a cluster must not describe every node group on a shared platform."""
+    eks, _, role = aws
+    _, (ng,) = spec_of(aws)
+    create(aws, ng)
+    for i in range(5):
+        eks.create_nodegroup(clusterName="research", nodegroupName=f"someone-else-{i}",
+                             nodeRole=role, subnets=["subnet-1"], tags=TAGS)
+    calls = []
+    eks.meta.events.register("before-call.eks.*", lambda model, **kw: calls.append(model.name))
+    found = nodegroups.find_nodegroups(eks, "research", "recc-alice-1")
+    assert [g["nodegroupName"] for g in found] == [ng.name]
+    assert calls == ["ListNodegroups", "DescribeNodegroup"]
+
+
 def test_delete_scales_to_zero_first_and_is_idempotent(aws):
     eks, ec2, _ = aws
     _, (ng,) = spec_of(aws)

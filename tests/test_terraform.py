@@ -236,3 +236,12 @@ def test_provider_is_pinned_in_versions_tf() -> None:
         )
     )
     assert sources == {"hashicorp/aws"}, sources
+
+
+def test_protection_tags_in_the_policy_are_the_ones_recc_protect_sets() -> None:
+    """The researcher policy lets `recc protect` set exactly the tags it writes."""
+    from recc.tags import PROTECT_LABEL, PROTECT_UNTIL_TAG
+
+    match = re.search(r"^\s*protect_tags\s*=\s*(\[.*\])", (MODULE / "main.tf").read_text(), re.M)
+    assert match, "terraform/main.tf: local.protect_tags is missing"
+    assert json.loads(match.group(1)) == [PROTECT_LABEL, PROTECT_UNTIL_TAG]
