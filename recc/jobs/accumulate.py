@@ -45,6 +45,7 @@ from fsspec.implementations.local import LocalFileSystem
 from recc.datastore import DataStore
 from recc.errors import RECCError
 from recc.jobs.keyindex import KeyIndex, has_repeats
+from recc.jobs.pages import PageError, plain_doubles
 
 KEYS = ("path", "Date")
 VALUE = "value"
@@ -199,14 +200,20 @@ class Source:
     def value_chunks(self) -> Iterator[np.ndarray]:
         """``value`` as float64 arrays in row order (one per row group); nulls become 0."""
         try:
+            pages = None
             if self._pf is not None:
+                # Straight from the pages where the column allows (see recc.jobs.pages).
+                pages = plain_doubles(self.buffer, self._pf.metadata, VALUE)
+            if pages is not None:
+                yield from pages
+            elif self._pf is not None:
                 for r in range(self._pf.metadata.num_row_groups):
                     table = self._pf.read_row_group(r, columns=[VALUE], use_threads=False)
                     yield from (_floats(c) for c in table.column(0).chunks)
             else:
                 for i in range(self._ipc.num_record_batches):
                     yield _floats(self._ipc.get_batch(i).column(VALUE))
-        except (pa.ArrowException, OSError) as e:
+        except (pa.ArrowException, OSError, PageError) as e:
             raise self._fail(e) from e
 
     def keys(self) -> pa.Table:
