@@ -120,21 +120,12 @@ resource "aws_iam_policy" "researcher" {
         }
       },
       {
-        # `recc protect` / `recc unprotect`: only the two protection tags, only on RECC's own.
-        Sid      = "MarkRECCNodegroupsProtected"
+        # `recc protect` / `recc unprotect`: only the two protection tags, only on RECC's own
+        # node groups and launch templates.
+        Sid      = "MarkRECCResourcesProtected"
         Effect   = "Allow"
-        Action   = ["eks:TagResource", "eks:UntagResource"]
-        Resource = local.nodegroup_arns
-        Condition = {
-          StringEquals                = { "aws:ResourceTag/${local.managed_by_key}" = local.managed_by_value }
-          "ForAllValues:StringEquals" = { "aws:TagKeys" = local.protect_tags }
-        }
-      },
-      {
-        Sid      = "MarkRECCLaunchTemplatesProtected"
-        Effect   = "Allow"
-        Action   = ["ec2:CreateTags", "ec2:DeleteTags"]
-        Resource = local.launch_template_arns
+        Action   = ["eks:TagResource", "eks:UntagResource", "ec2:CreateTags", "ec2:DeleteTags"]
+        Resource = [local.nodegroup_arns, local.launch_template_arns]
         Condition = {
           StringEquals                = { "aws:ResourceTag/${local.managed_by_key}" = local.managed_by_value }
           "ForAllValues:StringEquals" = { "aws:TagKeys" = local.protect_tags }

@@ -207,8 +207,8 @@ run "deletes_and_creates_are_scoped_by_recc_tags" {
   assert {
     condition = length([
       for s in jsondecode(aws_iam_policy.researcher.policy).Statement : s
-      if s.Effect == "Allow" && try(s.Condition.StringEquals["aws:ResourceTag/recc:managed-by"], "") == "recc" && try(s.Condition["ForAllValues:StringEquals"]["aws:TagKeys"], []) == ["recc.io/protect", "recc:protect-until"] && (contains(flatten([s.Action]), "eks:TagResource") || contains(flatten([s.Action]), "ec2:CreateTags"))
-    ]) == 2
+      if s.Effect == "Allow" && try(s.Condition.StringEquals["aws:ResourceTag/recc:managed-by"], "") == "recc" && try(s.Condition["ForAllValues:StringEquals"]["aws:TagKeys"], []) == ["recc.io/protect", "recc:protect-until"] && contains(flatten([s.Action]), "eks:TagResource") && contains(flatten([s.Action]), "ec2:CreateTags")
+    ]) == 1
     error_message = "researchers must be able to set only the protection tags, and only on resources tagged recc:managed-by = recc"
   }
 
