@@ -126,7 +126,7 @@ def _survives(buffer: pa.Buffer, metadata: pq.FileMetaData) -> str:
 
 # --- The page path gives pyarrow's values, bit for bit ------------------------------------------
 
-CODECS = ["NONE", "SNAPPY", "GZIP", "ZSTD", "BROTLI"]
+CODECS = ["NONE", "SNAPPY", "ZSTD"]  # gzip, brotli and lz4 are left to pyarrow (see FALLBACKS)
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -148,7 +148,7 @@ def test_matches_pyarrow_many_pages_and_row_groups(codec, version, nullable):
     {"write_page_index": True},
     {"write_page_checksum": True},
     {"write_page_checksum": True, "data_page_version": "2.0", "compression": "ZSTD"},
-    {"use_dictionary": False, "compression": "GZIP", "row_group_size": 7},
+    {"use_dictionary": False, "compression": "ZSTD", "row_group_size": 7},
     {"store_schema": False, "write_statistics": ["path"]},
 ], ids=["page-index", "checksum-v1", "checksum-v2-zstd", "tiny-row-groups", "key-stats-only"])
 def test_matches_pyarrow_with_writer_options(options):
@@ -212,9 +212,6 @@ def test_empty_nullable_table_falls_back_or_matches():
     assert len(_expected(buffer)) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pages.py bug: an empty REQUIRED column chunk has data_page_offset 0 and size 0, and "
-    "plain_doubles raises PageError('chunk lies outside the file') for this valid file"))
 @pytest.mark.parametrize("version", ["1.0", "2.0"])
 def test_empty_required_table_yields_nothing(version):
     buffer = _write(_table(_doubles(0), nullable=False), use_dictionary=False,
@@ -223,16 +220,13 @@ def test_empty_required_table_yields_nothing(version):
     assert _read(buffer) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pages.py gap: pyarrow writes compression='lz4' as Parquet LZ4_RAW (codec 7) but names it "
-    "'LZ4' in ColumnChunkMetaData.compression, so the _CODECS key 'LZ4_RAW' never matches and "
-    "LZ4 files always fall back; mapping 'LZ4' to pa.Codec('lz4_raw') reads them correctly"))
-def test_lz4_qualifies():
-    values = _doubles(2000)
-    buffer = _write(_table(values), compression="LZ4", **PAGES,
+def test_lz4_falls_back():
+    """pyarrow names both LZ4 framings (Hadoop's and raw) "LZ4", so pages cannot tell them
+    apart from the footer: LZ4 columns are left to pyarrow."""
+    buffer = _write(_table(_doubles(2000)), compression="LZ4", **PAGES,
                     use_dictionary=["path", "Date"])
     assert _metadata(buffer).row_group(0).column(2).compression == "LZ4"
-    _assert_same_bits(_read(buffer), values)
+    assert plain_doubles(buffer, _metadata(buffer)) is None
 
 
 def test_lz4_never_gives_wrong_values():
@@ -278,6 +272,9 @@ FALLBACKS = {
     "missing": (lambda: pa.table({"other": pa.array(_doubles(10))}), {}, "value"),
     "byte-stream-split": (lambda: _table(_doubles()),
                           {"column_encoding": {"value": "BYTE_STREAM_SPLIT"}}, "value"),
+    # Codecs whose short pages pa.Codec.decompress would not notice.
+    "gzip": (lambda: _table(_doubles()), {"compression": "GZIP"}, "value"),
+    "brotli": (lambda: _table(_doubles()), {"compression": "BROTLI"}, "value"),
 }
 
 
@@ -310,8 +307,8 @@ CORRUPT_FILES = {
     "required-none-v1": ({"nullable": False}, {"compression": "NONE"}),
     "nullable-snappy-v1": ({"nullable": True}, {"compression": "SNAPPY"}),
     "nullable-zstd-v2": ({"nullable": True}, {"compression": "ZSTD", "data_page_version": "2.0"}),
-    "required-gzip-v2": ({"nullable": False}, {"compression": "GZIP",
-                                               "data_page_version": "2.0"}),
+    "required-snappy-v2": ({"nullable": False}, {"compression": "SNAPPY",
+                                                 "data_page_version": "2.0"}),
 }
 
 
@@ -400,12 +397,6 @@ def test_header_encoder_matches_the_reader():
     assert used == len(encoded)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "pages.py bug: pa.Codec.decompress returns a buffer of the requested decompressed_size even "
-    "when the page decompresses to fewer bytes (snappy, gzip, brotli), so a page whose header "
-    "claims 8*N bytes and N values but whose data holds N-1 doubles yields N values, the last "
-    "one uninitialised memory, with no error; pyarrow raises 'Page didn't decompress to "
-    "expected size' on the same file"))
 @pytest.mark.parametrize("codec", ["SNAPPY", "GZIP", "BROTLI"])
 def test_page_that_decompresses_short_raises(codec):
     rows = 100
@@ -420,8 +411,12 @@ def test_page_that_decompresses_short_raises(codec):
     corrupt = _overwrite(buffer, start, page)
     with pytest.raises((pa.ArrowException, OSError)):  # pyarrow notices
         pq.read_table(pa.BufferReader(corrupt))
+    pages = plain_doubles(corrupt, metadata)
+    if pages is None:  # a codec left to pyarrow, which raised above
+        assert codec in ("GZIP", "BROTLI")
+        return
     try:
-        arrays = list(plain_doubles(corrupt, metadata))
+        arrays = list(pages)
     except CORRUPT:
         return
     raise AssertionError(f"{sum(map(len, arrays))} values yielded from {rows - 1} stored")
@@ -501,11 +496,6 @@ def test_thrift_reader_skips_lists_maps_and_doubles():
     assert used == len(data) and fields == {(4,): 9}
 
 
-@pytest.mark.xfail(strict=True, raises=PageError, reason=(
-    "pages.py bug: _skip of a struct nested in a list/set/map gives a boolean field one value "
-    "byte, but in Thrift's compact protocol a boolean field of a struct lives in its type nibble "
-    "(only list/set/map elements take a byte), so a valid list<struct{bool}> field is misread "
-    "and the header rejected (no current page header has one; a future field could)"))
 def test_thrift_reader_skips_booleans_in_structs_in_lists():
     # {1: list<struct>[{1: bool true}], 2: i32 7}
     data = b"\x19\x1c\x11\x00\x15\x0e\x00"

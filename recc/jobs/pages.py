@@ -29,9 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# Parquet codecs pyarrow's Codec can decompress with no framing of Parquet's own.
-_CODECS = {"UNCOMPRESSED": None, "SNAPPY": "snappy", "GZIP": "gzip", "ZSTD": "zstd",
-           "BROTLI": "brotli", "LZ4_RAW": "lz4_raw"}
+# Codecs whose output length is checked: pyarrow's Codec.decompress returns the size it is
+# asked for even when a page decompresses to less, so only codecs that say their length
+# (snappy's stream starts with it) or fail on a short page (zstd) qualify. pyarrow names
+# both LZ4 framings "LZ4", so LZ4 is left to pyarrow, as are gzip and brotli.
+_CODECS = {"UNCOMPRESSED": None, "SNAPPY": "snappy", "ZSTD": "zstd"}
 # PageType and Encoding numbers from parquet.thrift.
 _DATA_PAGE, _INDEX_PAGE, _DICTIONARY_PAGE, _DATA_PAGE_V2 = 0, 1, 2, 3
 _PLAIN, _RLE = 0, 3
@@ -46,8 +48,9 @@ def plain_doubles(buffer: pa.Buffer, metadata: pq.FileMetaData,
     """Column ``name``'s values page by page, or None unless every chunk qualifies.
 
     A chunk qualifies when the column is a top-level DOUBLE, PLAIN encoded without a
-    dictionary, compressed by a codec pyarrow decompresses, and - if nullable - its
-    statistics record no nulls. The check reads the footer only.
+    dictionary, uncompressed or compressed with snappy or zstd, and - if nullable - its
+    statistics record no nulls. The check reads the footer only. Corrupt pages raise
+    :class:`PageError`, or the codec's own error (``OSError`` or ``pa.ArrowException``).
     """
     leaf = _leaf(metadata, name)
     if leaf is None:
@@ -68,6 +71,8 @@ def plain_doubles(buffer: pa.Buffer, metadata: pq.FileMetaData,
         stats = chunk.statistics
         if nullable and (stats is None or not stats.has_null_count or stats.null_count):
             return None
+        if not chunk.num_values:  # pyarrow writes an empty chunk at offset 0
+            continue
         start = chunk.data_page_offset
         if start <= 0 or start + chunk.total_compressed_size > buffer.size:
             raise PageError(f"column {name!r}, row group {r}: chunk lies outside the file")
@@ -115,10 +120,9 @@ def _values(header: _PageHeader, page: pa.Buffer, codec: pa.Codec | None,
         levels = header.levels_size
         body = page.slice(levels)
         if codec is not None and header.is_compressed:
-            body = codec.decompress(body, decompressed_size=header.uncompressed_size - levels)
+            body = _decompress(codec, body, header.uncompressed_size - levels)
     else:
-        body = codec.decompress(page, decompressed_size=header.uncompressed_size) if codec \
-            else page
+        body = _decompress(codec, page, header.uncompressed_size) if codec else page
         if nullable:
             if header.level_encoding != _RLE or body.size < 4:
                 raise PageError("unexpected definition levels")
@@ -127,6 +131,15 @@ def _values(header: _PageHeader, page: pa.Buffer, codec: pa.Codec | None,
     if body.size != 8 * header.num_values:
         raise PageError(f"a page of {header.num_values} doubles holds {body.size} bytes")
     return np.frombuffer(body, np.float64)
+
+
+def _decompress(codec: pa.Codec, data: pa.Buffer, size: int) -> pa.Buffer:
+    """``data`` decompressed, which must come to exactly ``size`` bytes."""
+    if codec.name == "snappy":
+        stated, _ = _varint(data.slice(0, min(10, data.size)).to_pybytes(), 0)
+        if stated != size:
+            raise PageError(f"a page decompresses to {stated} bytes, its header says {size}")
+    return codec.decompress(data, decompressed_size=size)
 
 
 class _PageHeader:
@@ -272,7 +285,8 @@ def _skip(data: bytes, position: int, kind: int, depth: int) -> int:
                 return position
             if not byte >> 4:  # the field id follows in full
                 position = _varint(data, position)[1]
-            position = _skip(data, position, byte & 0x0F, depth + 1)
+            if byte & 0x0F not in (1, 2):  # a struct's boolean lives in its type nibble
+                position = _skip(data, position, byte & 0x0F, depth + 1)
     raise PageError(f"a page header holds an unknown field type {kind}")
 
 
