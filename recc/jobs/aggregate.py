@@ -287,8 +287,10 @@ class _Job:
     def run(self) -> AggregateResult:
         start = time.perf_counter()
         try:
-            facts = self._scan()
+            batches, scans = self._start_scan()
+            # Asked of the scheduler while the workers read the footers.
             capacity = cluster_capacity(self.client, self.resource)
+            facts = self._scanned(batches, scans)
             per_task = self.max_files or files_per_task(
                 sum(len(f) for f in facts.values()), capacity.slots)
             schema = next((f[0].schema for f in facts.values() if f), None)
@@ -307,13 +309,18 @@ class _Job:
 
     # -- phases ------------------------------------------------------------------------
 
-    def _scan(self) -> dict[str, list[FileFacts]]:
-        """Footer facts of every file, read by the workers; failing files fail their group."""
+    def _start_scan(self) -> tuple[list[list[str]], list[Future]]:
+        """Start reading every file's footer on the workers, in batches."""
         urls = list(dict.fromkeys(u for files in self.group_files.values() for u in files))
         batches = [urls[i : i + SCAN_BATCH] for i in range(0, len(urls), SCAN_BATCH)]
-        found: dict[str, FileFacts | str] = {}
         futures = [self.client.submit(scan, self.store, b, key=f"recc-scan-{self.token}-{i}",
                                       pure=False) for i, b in enumerate(batches)]
+        return batches, futures
+
+    def _scanned(self, batches: list[list[str]], futures: list[Future]
+                 ) -> dict[str, list[FileFacts]]:
+        """Footer facts by group; a group with a failing file fails, naming the file."""
+        found: dict[str, FileFacts | str] = {}
         for batch, future in zip(batches, futures, strict=True):
             found.update(zip(batch, future.result(), strict=True))
         facts: dict[str, list[FileFacts]] = {}
