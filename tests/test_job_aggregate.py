@@ -115,9 +115,11 @@ def test_a_bad_file_fails_its_group_only(client, tmp_path):
     check(result, {"g000": info.groups["g000"]}, info.output)
 
 
-def test_keys_beyond_the_reservation_rerun_exactly(client, tmp_path):
+@pytest.mark.parametrize("per_task", [None, 1], ids=["one-task", "lanes"])
+def test_keys_beyond_the_reservation_rerun_exactly(client, tmp_path, per_task):
     """Files with disjoint keys outgrow the default reservation; the group re-runs sized for
-    all of its rows and still matches pandas."""
+    all of its rows and still matches pandas. In lanes, each lane's sums also hold the
+    layout's keys, which its reservation must count."""
     parts = []
     for i in range(3):
         info = generate(str(tmp_path / f"in{i}"), files=1, paths=30, dates=10, seed=i)
@@ -126,7 +128,8 @@ def test_keys_beyond_the_reservation_rerun_exactly(client, tmp_path):
         name = tmp_path / f"disjoint-{i}.parquet"
         frame.to_parquet(name)
         parts.append(str(name))
-    result = aggregate(groups={"d": parts}, output=str(tmp_path / "out"), client=client)
+    result = aggregate(groups={"d": parts}, output=str(tmp_path / "out"), client=client,
+                       max_files_per_task=per_task)
     assert result.ok, result.failed
     check(result, {"d": [os.path.basename(p) for p in parts]}, str(tmp_path))
     assert result.groups["d"].rows_out == 900

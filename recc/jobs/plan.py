@@ -77,14 +77,17 @@ def reserved_rows(facts: list[FileFacts], key_growth: float) -> int:
 
 
 def _unit(group: str, name: str, facts: list[FileFacts], output: str, final: bool,
-          files: int, key_growth: float, exact: bool, layout: str | None,
+          files: int, key_growth: float, exact: bool, layout: FileFacts | None,
           rows: int | None = None) -> Unit:
+    # A task's sums start from the layout's keys, so the layout counts as one of its files.
+    sizing = facts if layout is None or layout in facts else [layout, *facts]
     if rows is None:
-        rows = reserved_rows(facts, key_growth) if not exact else max(1, sum(f.rows for f in facts))
-    need = task_bytes(rows, max((f.size for f in facts), default=0),
-                      max((f.key_bytes for f in facts), default=0))
+        rows = reserved_rows(sizing, key_growth) if not exact else max(
+            1, sum(f.rows for f in sizing))
+    need = task_bytes(rows, max((f.size for f in sizing), default=0),
+                      max((f.key_bytes for f in sizing), default=0))
     return Unit(group, name, tuple(f.url for f in facts), output, final, files, rows, need,
-                layout)
+                layout.url if layout else None)
 
 
 def plan_group(
@@ -101,7 +104,7 @@ def plan_group(
     Every task names the group's first file as its key layout, so lanes whose files share
     it write partial sums without keys, in its row order.
     """
-    layout = facts[0].url if facts else None
+    layout = facts[0] if facts else None
     if len(facts) <= files_per_task:
         final = _unit(group, "all", facts, output, True, len(facts), key_growth, exact, layout)
         return GroupPlan(group, len(facts), output, (), final)
