@@ -422,8 +422,10 @@ def test_a_phase_timeout_rolls_back_and_names_its_setting(platform, kube):
 
 def test_a_hanging_call_times_out_and_rolls_back(platform, kube):
     # The API server never answers the DaskCluster's creation; the request timeout ends it.
-    platform.inject_failure(kube=("create", "daskclusters"), hang=True, hang_seconds=10)
-    with dask.config.set({"recc.eks.request-timeout": 1}):
+    # The timeout leaves every other call (answered in milliseconds) ample room even on a
+    # loaded machine: only the hung one may be the step that fails.
+    platform.inject_failure(kube=("create", "daskclusters"), hang=True, hang_seconds=20)
+    with dask.config.set({"recc.eks.request-timeout": 4}):
         with pytest.raises(BackendError) as info:
             EKSBackend().create(*_record_and_estimate("recc-hang"))
     assert "failed at step 'DaskCluster recc-hang/recc-hang'" in str(info.value)
