@@ -41,16 +41,12 @@ from recc.cost import CostEstimate
 from recc.errors import BackendError, SpecError
 from recc.plan import NodePlan
 from recc.spend import overlap_hours
-from recc.tags import Ownership, parse_rfc3339, rfc3339
+from recc.tags import Ownership, parse_rfc3339, rfc3339, utcnow
 
 logger = logging.getLogger(__name__)
 
 ENDINGS = ("closed", "down", "reaped", "failed")
 _FORMAT_VERSION = 1
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -135,7 +131,7 @@ class Life:
         now: dt.datetime | None = None,
     ) -> float:
         """Hours lived inside ``[since, until)``; a running life counts up to ``now``."""
-        return overlap_hours(self.record.created_at, self.end_or(now or _now()), since, until)
+        return overlap_hours(self.record.created_at, self.end_or(now or utcnow()), since, until)
 
     def cost(
         self,
@@ -228,7 +224,7 @@ def in_window(
     now: dt.datetime | None = None,
 ) -> list[Life]:
     """The lives that overlap ``[since, until)`` at all. Pure."""
-    now = now or _now()
+    now = now or utcnow()
     return [
         life
         for life in lives
@@ -270,7 +266,8 @@ class Ledger:
         Safe to call twice: readers ignore an end for a life that already ended.
         """
         _check_how(how)
-        event = {"event": "end", "at": rfc3339(ended_at or _now()), "cluster": cluster, "how": how}
+        at = rfc3339(ended_at or utcnow())
+        event = {"event": "end", "at": at, "cluster": cluster, "how": how}
         return self._append(cluster, event)
 
     def events(

@@ -42,6 +42,11 @@ class Ownership:
         return self.created_at + dt.timedelta(seconds=self.max_lifetime)
 
 
+def utcnow() -> dt.datetime:
+    """The current moment, timezone-aware in UTC (what every timestamp RECC writes starts as)."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
 def rfc3339(moment: dt.datetime) -> str:
     """UTC, second precision, with a Z: ``2026-11-22T10:21:38Z``."""
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

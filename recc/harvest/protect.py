@@ -29,7 +29,7 @@ from recc import state
 from recc.backends.base import get_backend
 from recc.errors import SpecError
 from recc.naming import current_user
-from recc.tags import parse_rfc3339, rfc3339
+from recc.tags import parse_rfc3339, rfc3339, utcnow
 
 PROTECT_FILE = "protect.json"
 _NEVER = ("", "never", "none")
@@ -109,7 +109,7 @@ def protect(name: str, until: dt.datetime | None = None, backend: str | None = N
         chosen.find(name)  # ClusterNotFound for a name it does not know
         path = state.cluster_dir(name) / PROTECT_FILE
         tmp = path.with_name(f".{PROTECT_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**protection.to_dict(), "at": rfc3339(_now())}))
+        tmp.write_text(json.dumps({**protection.to_dict(), "at": rfc3339(utcnow())}))
         os.replace(tmp, path)
     return protection
 
@@ -141,7 +141,3 @@ def local_protection(name: str) -> tuple[bool, dt.datetime | None]:
     if not isinstance(data, dict):
         raise ValueError(f"its protection file {path} is not a JSON object")
     return protection_of("true" if data.get("protected", True) else "false", data.get("until"))
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)

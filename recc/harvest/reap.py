@@ -36,16 +36,12 @@ from recc.harvest.audit import AuditTrail
 from recc.harvest.decide import decide
 from recc.harvest.evidence import Decision, HarvestSettings, Observation
 from recc.harvest.observe import Site, site_for
-from recc.tags import rfc3339
+from recc.tags import rfc3339, utcnow
 
 logger = logging.getLogger(__name__)
 
 KEPT, WOULD_REAP, DELETED, ALREADY = "kept", "would reap", "deleted", "already deleted"
 _LIMIT = "skipped: --max-deletions reached"
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -123,7 +119,7 @@ def harvest(
     dry_run: bool = True,
     max_deletions: int | None = None,
     settings: HarvestSettings | None = None,
-    clock: Callable[[], dt.datetime] = _utcnow,
+    clock: Callable[[], dt.datetime] = utcnow,
     site: Site | None = None,
     audit: AuditTrail | None = None,
 ) -> HarvestReport:
