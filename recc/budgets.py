@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,31 +60,41 @@ def _validate(r: BudgetRequest) -> None:
         raise SpecError(
             "monthly-usd", r.monthly_usd, "must be a positive amount", "--monthly-usd 200"
         )
-    if not r.alert_at or len(r.alert_at) > _MAX_NOTIFICATIONS:
-        raise SpecError(
-            "alert-at",
-            list(r.alert_at),
-            f"give 1 to {_MAX_NOTIFICATIONS} thresholds",
-            "--alert-at 80",
-        )
-    for threshold in r.alert_at:
-        if not (math.isfinite(threshold) and 0 < threshold <= 1000):
-            raise SpecError(
-                "alert-at",
-                threshold,
-                "must be a percentage of the budget in (0, 1000]",
-                "--alert-at 80",
-            )
-    if not r.emails or len(r.emails) > _MAX_EMAILS:
-        raise SpecError(
-            "email",
-            list(r.emails),
-            f"give 1 to {_MAX_EMAILS} addresses",
-            "--email alice@example.org",
-        )
-    for email in r.emails:
-        if not _EMAIL.match(email):
-            raise SpecError("email", email, "is not an email address", "--email alice@example.org")
+    _check_list(
+        "alert-at",
+        r.alert_at,
+        _MAX_NOTIFICATIONS,
+        "thresholds",
+        lambda t: math.isfinite(t) and 0 < t <= 1000,
+        "must be a percentage of the budget in (0, 1000]",
+        "--alert-at 80",
+    )
+    _check_list(
+        "email",
+        r.emails,
+        _MAX_EMAILS,
+        "addresses",
+        lambda e: _EMAIL.match(e) is not None,
+        "is not an email address",
+        "--email alice@example.org",
+    )
+
+
+def _check_list(
+    field: str,
+    values: tuple[Any, ...],
+    most: int,
+    noun: str,
+    valid: Callable[[Any], bool],
+    problem: str,
+    example: str,
+) -> None:
+    """1 to ``most`` values, each ``valid``; else a SpecError naming the field and the value."""
+    if not values or len(values) > most:
+        raise SpecError(field, list(values), f"give 1 to {most} {noun}", example)
+    for value in values:
+        if not valid(value):
+            raise SpecError(field, value, problem, example)
 
 
 def name_prefix() -> str:
