@@ -1,5 +1,6 @@
 """Shared fixtures: every test gets its own RECC state and cache directories, and a test that
-leaves a process of its clusters running fails (after the stray is stopped)."""
+leaves a process of its clusters running fails (after the stray is stopped); tests that talk
+to moto or a Stubber ask for ``fake_aws_credentials``."""
 
 from __future__ import annotations
 
@@ -36,3 +37,21 @@ def recc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         except psutil.NoSuchProcess:
             pass
     assert not strays, f"processes left running: {[p.pid for p in strays]}"
+
+
+@pytest.fixture
+def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials that can reach only moto or a Stubber, in eu-west-1: nothing from the
+    machine running the tests (profile, config file, session token, endpoint) is used."""
+    for name in (
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_CONFIG_FILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")

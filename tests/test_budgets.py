@@ -37,15 +37,8 @@ def _update_budget(self: BudgetsResponse) -> str:
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def aws(monkeypatch: pytest.MonkeyPatch, fake_aws_credentials: None) -> Iterator[None]:
     """moto for every AWS call, with fake credentials and no EKS platform configured."""
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setattr(BudgetsResponse, "update_budget", _update_budget, raising=False)
     with mock_aws(), dask.config.set({"recc.eks.cluster-name": None, "recc.eks.profile": None}):
         yield

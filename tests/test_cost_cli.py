@@ -164,10 +164,7 @@ def ce_result(tag: str, amounts: dict[str, float], token: str | None = None) -> 
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def aws(fake_aws_credentials: None) -> Iterator[None]:
     with mock_aws(), dask.config.set({"recc.eks.profile": None, "recc.eks.region": "eu-west-1"}):
         yield
 
