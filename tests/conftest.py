@@ -11,6 +11,8 @@ import dask.config
 import psutil
 import pytest
 
+from recc import aws
+
 
 def _processes_under(directory: Path) -> list[psutil.Process]:
     found = []
@@ -55,3 +57,14 @@ def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+
+
+@pytest.fixture
+def no_real_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any request for a real AWS client (``recc.aws.client``) fails the test: the code under
+    test must use the moto or Stubber client it is given."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a real AWS client was requested: {args} {kwargs}")
+
+    monkeypatch.setattr(aws, "client", refuse)

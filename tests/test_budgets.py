@@ -12,6 +12,7 @@ import dask.config
 import pytest
 import typer
 from botocore.stub import Stubber
+from helpers import offline_client
 from moto import mock_aws
 from moto.budgets.exceptions import NotFoundException
 from moto.budgets.models import budgets_backends
@@ -212,9 +213,7 @@ def test_aws_failure_is_a_backend_error(aws: None) -> None:
 
 
 def test_activate_tags_sends_recc_keys_and_reports_errors() -> None:
-    ce = boto3.client(
-        "ce", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
-    )
+    ce = offline_client("ce")
     expected = {
         "CostAllocationTagsStatus": [
             {"TagKey": k, "Status": "Active"}
@@ -302,9 +301,7 @@ def test_cli_ls_empty(aws: None, cli: typer.Typer) -> None:
 
 
 def test_cli_activate_tags(monkeypatch: pytest.MonkeyPatch, cli: typer.Typer) -> None:
-    ce = boto3.client(
-        "ce", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
-    )
+    ce = offline_client("ce")
     monkeypatch.setattr("recc.aws.client", lambda service, **kw: ce if service == "ce" else None)
     with Stubber(ce) as stub:
         stub.add_response("update_cost_allocation_tags_status", {"Errors": []})

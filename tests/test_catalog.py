@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import dask.config
 import pytest
-from botocore.stub import Stubber
+from helpers import StubbedClient
 from moto import mock_aws
 
 from recc import aws
@@ -39,39 +39,16 @@ def from_moto(tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalog, Path]:
     return catalog, cache
 
 
-class StubbedEC2:
-    """A real EC2 client under a Stubber, counting DescribeInstanceTypes requests."""
-
-    def __init__(self) -> None:
-        self.client = boto3.client(
-            "ec2", region_name=REGION, aws_access_key_id="t", aws_secret_access_key="t"
-        )
-        self.calls: list[dict[str, Any]] = []
-        self.client.meta.events.register(
-            "provide-client-params.ec2.DescribeInstanceTypes",
-            lambda params, **_: self.calls.append(params),
-        )
-        self.stubber = Stubber(self.client)
-        self.stubber.activate()
-
-
 @pytest.fixture
-def ec2() -> Iterator[StubbedEC2]:
-    stub = StubbedEC2()
-    yield stub
-    stub.stubber.assert_no_pending_responses()
-    stub.stubber.deactivate()
+def ec2() -> Iterator[StubbedClient]:
+    """A real EC2 client under a Stubber, counting DescribeInstanceTypes requests."""
+    with StubbedClient("ec2", REGION, counting="DescribeInstanceTypes") as stub:
+        yield stub
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Cache under tmp_path, a week's TTL, and never a real AWS client."""
-
-    def no_real_aws(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"a real AWS client was requested: {args} {kwargs}")
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(aws, "client", no_real_aws)
+def isolated(no_real_aws: None) -> Iterator[None]:
+    """Cache under tmp_path (conftest's recc_home), a week's TTL, and never a real AWS client."""
     with dask.config.set({"recc.planning.cache-ttl": "7d", "recc.eks.cluster-name": None}):
         yield
 
@@ -124,7 +101,7 @@ def test_default_plan_on_the_aws_catalog(from_moto: tuple[Catalog, Path]) -> Non
 
 @needs_moto_catalog
 def test_cache_file_is_reused_without_a_request(
-    from_moto: tuple[Catalog, Path], ec2: StubbedEC2
+    from_moto: tuple[Catalog, Path], ec2: StubbedClient
 ) -> None:
     catalog, cache = from_moto
     assert len(json.loads(cache.read_text())) == len(catalog.types)
@@ -135,7 +112,7 @@ def test_cache_file_is_reused_without_a_request(
     assert ec2.calls == []
 
 
-def test_expired_cache_is_fetched_again(tmp_path: Path, ec2: StubbedEC2) -> None:
+def test_expired_cache_is_fetched_again(tmp_path: Path, ec2: StubbedClient) -> None:
     cache = tmp_path / "types.json"
     cache.write_text(json.dumps([]))
     old = time.time() - 8 * 86400
@@ -148,7 +125,7 @@ def test_expired_cache_is_fetched_again(tmp_path: Path, ec2: StubbedEC2) -> None
     assert len(ec2.calls) == 1
 
 
-def test_gpu_info_null_and_missing(ec2: StubbedEC2, tmp_path: Path) -> None:
+def test_gpu_info_null_and_missing(ec2: StubbedClient, tmp_path: Path) -> None:
     p3 = {
         **C5_XLARGE,
         "InstanceType": "p3.8xlarge",
@@ -163,7 +140,7 @@ def test_gpu_info_null_and_missing(ec2: StubbedEC2, tmp_path: Path) -> None:
 # --- get_catalog: source selection and fallback --------------------------------------------
 
 
-def test_get_catalog_bundled_never_calls_ec2(ec2: StubbedEC2) -> None:
+def test_get_catalog_bundled_never_calls_ec2(ec2: StubbedClient) -> None:
     with dask.config.set(
         {"recc.planning.catalog-source": "bundled", "recc.eks.cluster-name": "platform"}
     ):
@@ -172,14 +149,14 @@ def test_get_catalog_bundled_never_calls_ec2(ec2: StubbedEC2) -> None:
     assert ec2.calls == []
 
 
-def test_get_catalog_auto_without_a_platform_is_bundled(ec2: StubbedEC2) -> None:
+def test_get_catalog_auto_without_a_platform_is_bundled(ec2: StubbedClient) -> None:
     with dask.config.set({"recc.planning.catalog-source": "auto"}):
         assert get_catalog(ec2.client).source == "bundled table"
     assert ec2.calls == []
 
 
 @pytest.mark.parametrize("code", ["UnauthorizedOperation", "RequestLimitExceeded"])
-def test_get_catalog_falls_back_to_bundled_on_an_api_error(ec2: StubbedEC2, code: str) -> None:
+def test_get_catalog_falls_back_to_bundled_on_an_api_error(ec2: StubbedClient, code: str) -> None:
     ec2.stubber.add_client_error("describe_instance_types", code, "no")
     with dask.config.set({"recc.planning.catalog-source": "aws"}):
         catalog = get_catalog(ec2.client)
@@ -188,7 +165,7 @@ def test_get_catalog_falls_back_to_bundled_on_an_api_error(ec2: StubbedEC2, code
 
 
 def test_get_catalog_aws_uses_the_user_cache(
-    ec2: StubbedEC2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ec2: StubbedClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With no client given, get_catalog makes one through recc.aws and reads the cache in
     $XDG_CACHE_HOME/recc first."""

@@ -9,12 +9,12 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import dask.config
 import pytest
 import requests
 import typer
 from botocore.stub import Stubber
+from helpers import offline_client
 from moto import mock_aws
 from typer.testing import CliRunner
 
@@ -200,9 +200,7 @@ def test_actual_by_team_sums_members(aws: None) -> None:
 
 
 def test_actual_request_and_pagination() -> None:
-    ce = boto3.client(
-        "ce", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
-    )
+    ce = offline_client("ce")
     request = {
         "TimePeriod": {"Start": "2026-11-01", "End": "2026-11-08"},
         "Granularity": "MONTHLY",
@@ -239,9 +237,7 @@ def test_no_credentials_is_a_note_not_a_failure(
 
 
 def test_access_denied_is_a_backend_error() -> None:
-    ce = boto3.client(
-        "ce", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
-    )
+    ce = offline_client("ce")
     with Stubber(ce) as stub:
         stub.add_client_error("get_cost_and_usage", "AccessDeniedException", "no ce:Get*")
         with pytest.raises(BackendError, match="no ce:Get"):

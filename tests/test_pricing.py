@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import dask.config
 import pytest
-from botocore.stub import Stubber
+from helpers import StubbedClient
 
 from recc import aws
 from recc.catalog import bundled_catalog, use_aws
@@ -104,23 +103,11 @@ def expected_request(instance_type: str, region: str = REGION) -> dict[str, Any]
     }
 
 
-class StubbedPricing:
+class StubbedPricing(StubbedClient):
     """A real pricing client under a Stubber, counting the GetProducts requests it sends."""
 
     def __init__(self) -> None:
-        self.client = boto3.client(
-            "pricing",
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        self.calls: list[dict[str, Any]] = []
-        self.client.meta.events.register(
-            "provide-client-params.pricing.GetProducts",
-            lambda params, **_: self.calls.append(params),
-        )
-        self.stubber = Stubber(self.client)
-        self.stubber.activate()
+        super().__init__("pricing", "us-east-1", counting="GetProducts")
 
     def answer(self, instance_type: str, *items: str) -> None:
         self.stubber.add_response(
@@ -136,14 +123,9 @@ class StubbedPricing:
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Cache under tmp_path; bundled prices unless a test asks for AWS; never a real client."""
-
-    def no_real_aws(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"a real AWS client was requested: {args} {kwargs}")
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(aws, "client", no_real_aws)
+def isolated(no_real_aws: None) -> Iterator[None]:
+    """Cache under tmp_path (conftest's recc_home); bundled prices unless a test asks for AWS;
+    never a real client."""
     with dask.config.set(
         {
             "recc.cost.price-source": "bundled",
@@ -159,10 +141,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def pricing() -> Iterator[StubbedPricing]:
-    stub = StubbedPricing()
-    yield stub
-    stub.stubber.assert_no_pending_responses()
-    stub.stubber.deactivate()
+    with StubbedPricing() as stub:
+        yield stub
 
 
 # --- the price list ------------------------------------------------------------------------
