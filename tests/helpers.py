@@ -3,10 +3,22 @@ functions and classes a test calls or subclasses)."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import boto3
+import psutil
 from botocore.stub import Stubber
+from typer.testing import CliRunner
+
+from recc import RECCCluster
+from recc.cli.main import app
+from recc.errors import BackendError
+from recc.state import ClusterRecord
 
 
 def offline_client(service: str, region: str = "us-east-1") -> Any:
@@ -50,3 +62,68 @@ class StubbedClient:
                 self.stubber.assert_no_pending_responses()
         finally:
             self.stubber.deactivate()
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """``recc ARGS...`` through typer's CliRunner: the exit code and the output. A crash (any
+    exception but SystemExit) is raised, so the test shows where, not just a code of 1."""
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    """Poll until ``condition()`` is truthy; its value. Bounded, never a bare sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def processes_under(directory: Path) -> list[psutil.Process]:
+    """Processes (other than this one) working in ``directory`` or below it."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cwd"]):
+        if proc.pid != os.getpid() and (proc.info.get("cwd") or "").startswith(str(directory)):
+            found.append(proc)
+    return found
+
+
+# --- harvest scenarios --------------------------------------------------------------------
+
+
+def leave_running(name: str, attempts: int = 1, **spec: Any) -> ClusterRecord:
+    """A cluster left running (as `recc up` leaves it): 1 worker of 512 MiB, no idle shutdown
+    of its own unless asked, so the harvester is what ends it. Up to ``attempts`` tries: a
+    failed start has rolled itself back, so trying again is safe."""
+    spec = {"n_workers": 1, "worker_memory": "512MiB", "idle_timeout": "never", **spec}
+    for attempt in range(1, attempts + 1):
+        try:
+            cluster = RECCCluster(name=name, shutdown_on_close=False, quiet=True, **spec)
+            cluster.close()
+            break
+        except BackendError:
+            if attempt == attempts:
+                raise
+    assert cluster.record is not None
+    return cluster.record
+
+
+def rows_by_cluster(output: str) -> dict[str, dict]:
+    """The rows of ``recc harvest --json``, by cluster name."""
+    return {row["cluster"]: row for row in json.loads(output)}
+
+
+def assert_decisions(rows: dict[str, dict], expected: dict[str, tuple[str, str, str]]) -> None:
+    """Exactly the ``expected`` clusters are in ``rows``, each with its decision, category and
+    a reason that starts as expected: ``{"c": ("reap", "idle", "idle for ")}``."""
+    assert set(rows) == set(expected)
+    for name, (decision, category, reason) in expected.items():
+        row = rows[name]
+        assert (row["decision"], row["category"]) == (decision, category), row
+        assert row["reason"].startswith(reason), row

@@ -11,7 +11,6 @@ once. Smaller tests cover the lock, fail-closed discovery and protection marks.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import signal
 import threading
@@ -25,10 +24,9 @@ import dask.config
 import kubernetes.client
 import pytest
 from distributed import Client, fire_and_forget
-from typer.testing import CliRunner
+from helpers import assert_decisions, leave_running, rows_by_cluster, run_cli, wait_for
 
 from recc import RECCCluster
-from recc.cli.main import app
 from recc.clusters import delete_cluster
 from recc.errors import BackendError, ClusterNotFound
 from recc.harvest import eks as harvest_eks
@@ -70,33 +68,9 @@ def platform(recc_home: Path):
 
 
 def make_cluster(name: str, **spec) -> None:
-    spec = {"n_workers": 1, "worker_memory": "512MiB", "idle_timeout": "never", **spec}
-    for attempt in (1, 2):
-        try:
-            RECCCluster(
-                backend="eks", name=name, shutdown_on_close=False, quiet=True, **spec
-            ).close()
-            return
-        except BackendError:
-            # On a loaded machine the emulated port-forward sometimes drops the TLS handshake
-            # while the backend waits for workers; the backend has rolled everything back.
-            if attempt == 2:
-                raise
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception  # a crash, not an answer: show where
-    return result.exit_code, result.output
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+    # On a loaded machine the emulated port-forward sometimes drops the TLS handshake while the
+    # backend waits for workers; the backend has rolled everything back, so a second try is safe.
+    leave_running(name, attempts=2, backend="eks", **spec)
 
 
 def foreign_resources(platform) -> dict[str, str]:
@@ -228,7 +202,7 @@ def test_harvest_on_the_emulated_platform(platform):
             with dask.config.set({**FAST, "recc.harvest.unreachable-grace": "1h"}):
                 code, dry = run_cli("harvest", "--backend", "eks", "--json")
             assert code == 0, dry
-            planned = {r["cluster"]: r for r in json.loads(dry)}
+            planned = rows_by_cluster(dry)
             assert planned["recc-killed"]["category"] == "waiting"
             assert "the scheduler pod is Failed" in planned["recc-killed"]["reason"]
             memory = harvest_eks.ConfigMapMemory(platform.api_client).load()
@@ -240,7 +214,7 @@ def test_harvest_on_the_emulated_platform(platform):
             )
             with dask.config.set(FAST):
                 code, done = run_cli("harvest", "--backend", "eks", "--yes", "--json")
-            first = {r["cluster"]: r for r in json.loads(done)}
+            first = rows_by_cluster(done)
             assert code == 1  # one reap failed, and the exit code says so
 
             expected = {
@@ -262,10 +236,7 @@ def test_harvest_on_the_emulated_platform(platform):
                 "recc-orph-ns": ("reap", "orphaned", "orphaned: namespace recc-orph-ns gone"),
                 "recc-selfidle": ("reap", "unreachable", "unreachable: its DaskCluster is gone"),
             }
-            assert set(first) == set(expected)  # the foreign look-alikes are not RECC clusters
-            for name, (decision, category, reason) in expected.items():
-                assert (first[name]["decision"], first[name]["category"]) == (decision, category)
-                assert first[name]["reason"].startswith(reason), first[name]
+            assert_decisions(first, expected)  # the foreign look-alikes are not RECC clusters
             assert "the scheduler pod is Failed" in first["recc-killed"]["reason"]
             # Reaps go by $/h, then name: recc-expired met the injected failure.
             assert first["recc-expired"]["outcome"].startswith("failed: ")

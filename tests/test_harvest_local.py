@@ -10,7 +10,6 @@ and keeping clusters whose evidence cannot be read.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ import dask.config
 import psutil
 import pytest
 from distributed import Client, fire_and_forget
+from helpers import assert_decisions, leave_running, rows_by_cluster, run_cli, wait_for
 from typer.testing import CliRunner
 
 from recc import RECCCluster, state
@@ -47,19 +47,9 @@ FAST = {
 }
 
 
-def make_cluster(name: str, **spec) -> ClusterRecord:
-    """A cluster left running (as `recc up` leaves it): 1 worker of 512 MiB, no idle shutdown
-    of its own unless asked, so the harvester is what ends it."""
-    spec = {"n_workers": 1, "worker_memory": "512MiB", "idle_timeout": "never", **spec}
-    cluster = RECCCluster(name=name, shutdown_on_close=False, quiet=True, **spec)
-    cluster.close()
-    assert cluster.record is not None
-    return cluster.record
-
-
 def make_clusters(specs: dict[str, dict]) -> dict[str, ClusterRecord]:
     with ThreadPoolExecutor(3) as pool:
-        futures = {name: pool.submit(make_cluster, name, **spec) for name, spec in specs.items()}
+        futures = {name: pool.submit(leave_running, name, **spec) for name, spec in specs.items()}
     return {name: f.result() for name, f in futures.items()}
 
 
@@ -90,23 +80,6 @@ def live(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output
-
-
-def rows_by_cluster(output: str) -> dict[str, dict]:
-    return {row["cluster"]: row for row in json.loads(output)}
 
 
 def test_one_pass_reaps_only_the_right_clusters_each_with_its_reason():
@@ -159,12 +132,9 @@ def test_one_pass_reaps_only_the_right_clusters_each_with_its_reason():
             ),
             "h-expired": ("reap", "expired", "expired at "),
         }
+        assert set(expected) == set(specs)
         for rows in (planned, reaped):
-            assert set(rows) == set(specs)
-            for name, (decision, category, reason) in expected.items():
-                row = rows[name]
-                assert (row["decision"], row["category"]) == (decision, category), row
-                assert row["reason"].startswith(reason), row
+            assert_decisions(rows, expected)
         assert {n: r["outcome"] for n, r in planned.items()} == {
             n: "would reap" if d == "reap" else "kept" for n, (d, _, _) in expected.items()
         }
@@ -213,7 +183,7 @@ def test_one_pass_reaps_only_the_right_clusters_each_with_its_reason():
 
 def test_the_table_shows_each_cluster_and_the_total():
     try:
-        make_cluster("h-table")
+        leave_running("h-table")
         time.sleep(1.2)  # idle for longer than the 1 s idle timeout
         with dask.config.set(FAST):
             code, output = run_cli("harvest", "--backend", "local")
@@ -229,7 +199,7 @@ def test_the_table_shows_each_cluster_and_the_total():
 
 def test_a_scheduler_that_shuts_itself_down_takes_its_workers_and_the_harvester_the_rest():
     try:
-        record = make_cluster("h-self", idle_timeout="2s")
+        record = leave_running("h-self", idle_timeout="2s")
         scheduler, *workers = pids(record)
         wait_for(lambda: not live(scheduler), 30, "the scheduler's idle shutdown")
         # Its workers follow (the scheduler closes them; --death-timeout is the backstop), and
