@@ -10,17 +10,9 @@ from pathlib import Path
 import dask.config
 import psutil
 import pytest
+from helpers import processes_under
 
 from recc import aws
-
-
-def _processes_under(directory: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid", "cwd"]):
-        cwd = proc.info.get("cwd") or ""
-        if proc.pid != os.getpid() and cwd.startswith(str(directory)):
-            found.append(proc)
-    return found
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +24,7 @@ def recc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     with dask.config.set({"recc.state-dir": str(state)}):
         yield state
-    strays = _processes_under(state)
+    strays = processes_under(state)
     for proc in strays:
         try:
             proc.kill()

@@ -18,8 +18,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import dask.config
 import kubernetes.client
 import psutil
 import pytest
+from helpers import processes_under, wait_for
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import portforward
 
@@ -37,26 +37,6 @@ from recc.testing import emulated_platform, fake_kubernetes
 from recc.tls import TLSFiles, create_cluster_tls
 
 DASK = ("kubernetes.dask.org", "v1")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    """Poll until ``condition()`` is truthy; its value. Bounded, never a bare sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
-def processes_under(directory: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid", "cwd"]):
-        if proc.pid != os.getpid() and (proc.info.get("cwd") or "").startswith(str(directory)):
-            found.append(proc)
-    return found
 
 
 def with_children(pids: list[int]) -> list[psutil.Process]:
