@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -79,6 +79,16 @@ def _as_mapping(value: Any) -> dict[Any, Any]:
     if not isinstance(value, Mapping):
         raise ValueError(f"must be a mapping of names to values, not {type(value).__name__}")
     return dict(value)
+
+
+def _string_mapping(value: Any, key_ok: Callable[[str], object], problem: str) -> dict[str, str]:
+    """``value`` as names to strings, every name ``key_ok``; else ``problem`` names the first
+    bad one (``{!r}`` stands for it)."""
+    mapping = _as_mapping(value)
+    bad = [k for k in mapping if not key_ok(str(k))]
+    if bad:
+        raise ValueError(problem.format(bad[0]))
+    return {str(k): str(val) for k, val in mapping.items()}
 
 
 def _check_resources(value: Mapping[str, Any]) -> dict[str, float]:
@@ -185,11 +195,9 @@ class ClusterSpec(BaseModel):
     @field_validator("env", mode="before")
     @classmethod
     def _env(cls, v: Mapping[str, Any]) -> dict[str, str]:
-        v = _as_mapping(v)
-        bad = [k for k in v if not _ENV_NAME.match(str(k))]
-        if bad:
-            raise ValueError(f"environment variable name {bad[0]!r} is not [A-Za-z_][A-Za-z0-9_]*")
-        return {str(k): str(val) for k, val in v.items()}
+        return _string_mapping(
+            v, _ENV_NAME.match, "environment variable name {!r} is not [A-Za-z_][A-Za-z0-9_]*"
+        )
 
     @field_validator("source_git_branch")
     @classmethod
@@ -201,11 +209,11 @@ class ClusterSpec(BaseModel):
     @field_validator("tags", mode="before")
     @classmethod
     def _tags(cls, v: Mapping[str, Any]) -> dict[str, str]:
-        v = _as_mapping(v)
-        bad = [k for k in v if not _TAG_KEY.match(str(k)) or str(k).startswith("recc:")]
-        if bad:
-            raise ValueError(f"tag key {bad[0]!r} is invalid or reserved (recc:*)")
-        return {str(k): str(val) for k, val in dict(v).items()}
+        return _string_mapping(
+            v,
+            lambda k: _TAG_KEY.match(k) and not k.startswith("recc:"),
+            "tag key {!r} is invalid or reserved (recc:*)",
+        )
 
     @field_validator("worker_groups")
     @classmethod
