@@ -47,6 +47,21 @@ def create(aws, ng):
     return template
 
 
+def create_by_hand(aws, name: str, tags: dict[str, str]) -> None:
+    """A node group made outside RECC's code path, with whatever tags it was given."""
+    eks, _, role = aws
+    eks.create_nodegroup(
+        clusterName="research", nodegroupName=name, nodeRole=role, subnets=["subnet-1"], tags=tags
+    )
+
+
+def eks_calls(eks) -> list[str]:
+    """The names of the EKS operations ``eks`` sends from now on, in order."""
+    calls: list[str] = []
+    eks.meta.events.register("before-call.eks.*", lambda model, **kw: calls.append(model.name))
+    return calls
+
+
 def test_one_node_group_per_worker_group_sized_by_the_plan(aws):
     groups = [
         {
@@ -113,16 +128,10 @@ def test_plans_for_100_workers_are_what_the_node_group_requests(aws):
 
 
 def test_found_again_by_tags_alone(aws):
-    eks, ec2, role = aws
+    eks, ec2, _ = aws
     _, (ng,) = spec_of(aws)
     create(aws, ng)
-    eks.create_nodegroup(
-        clusterName="research",
-        nodegroupName="theirs",
-        nodeRole=role,
-        subnets=["subnet-1"],
-        tags={"team": "risk"},
-    )
+    create_by_hand(aws, "theirs", {"team": "risk"})
     ec2.create_launch_template(LaunchTemplateName="theirs", LaunchTemplateData={})
     assert [g["nodegroupName"] for g in nodegroups.find_nodegroups(eks, "research")] == [ng.name]
     assert [g["nodegroupName"] for g in nodegroups.find_nodegroups(eks, "research", "other")] == []
@@ -134,14 +143,12 @@ def test_found_again_by_tags_alone(aws):
 
 def test_finding_one_clusters_node_groups_describes_only_names_it_could_own(aws):
     """Deleting a cluster must not describe every node group on a shared platform."""
-    eks, _, role = aws
+    eks, _, _ = aws
     _, (ng,) = spec_of(aws)
     create(aws, ng)
     for i in range(5):
-        eks.create_nodegroup(clusterName="research", nodegroupName=f"someone-else-{i}",
-                             nodeRole=role, subnets=["subnet-1"], tags=TAGS)
-    calls = []
-    eks.meta.events.register("before-call.eks.*", lambda model, **kw: calls.append(model.name))
+        create_by_hand(aws, f"someone-else-{i}", TAGS)
+    calls = eks_calls(eks)
     found = nodegroups.find_nodegroups(eks, "research", "recc-alice-1")
     assert [g["nodegroupName"] for g in found] == [ng.name]
     assert calls == ["ListNodegroups", "DescribeNodegroup"]
@@ -151,8 +158,7 @@ def test_delete_scales_to_zero_first_and_is_idempotent(aws):
     eks, ec2, _ = aws
     _, (ng,) = spec_of(aws)
     create(aws, ng)
-    calls = []
-    eks.meta.events.register("before-call.eks.*", lambda model, **kw: calls.append(model.name))
+    calls = eks_calls(eks)
     assert nodegroups.delete_nodegroup(eks, "research", ng.name) == nodegroups.DELETED
     assert calls == ["DescribeNodegroup", "UpdateNodegroupConfig", "DeleteNodegroup"]
     assert nodegroups.delete_nodegroup(eks, "research", ng.name) == nodegroups.ABSENT
@@ -162,14 +168,8 @@ def test_delete_scales_to_zero_first_and_is_idempotent(aws):
 
 
 def test_nothing_without_the_managed_by_tag_is_changed(aws):
-    eks, ec2, role = aws
-    eks.create_nodegroup(
-        clusterName="research",
-        nodegroupName="theirs",
-        nodeRole=role,
-        subnets=["subnet-1"],
-        tags={"recc:cluster": "x"},
-    )
+    eks, ec2, _ = aws
+    create_by_hand(aws, "theirs", {"recc:cluster": "x"})
     ec2.create_launch_template(LaunchTemplateName="theirs", LaunchTemplateData={})
     with pytest.raises(NotManaged, match="recc:managed-by=recc"):
         nodegroups.delete_nodegroup(eks, "research", "theirs")
