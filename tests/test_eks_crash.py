@@ -154,13 +154,17 @@ def test_creator_killed_midway_then_recc_down_leaves_no_orphan(served, tmp_path)
 
     # Another process on "another machine": no local record of the cluster at all.
     down_env = {**os.environ, **env, "DASK_RECC__STATE_DIR": str(tmp_path / "elsewhere")}
-    down = subprocess.run(
-        [sys.executable, "-m", "recc.cli.main", "down", NAME, "--json"],
-        env=down_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def recc_down_elsewhere() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "recc.cli.main", "down", NAME, "--json"],
+            env=down_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    down = recc_down_elsewhere()
     assert down.returncode == 0, down.stderr
     assert json.loads(down.stdout) == {NAME: "deleted"}
     assert _what_exists(env, eks, ec2, api) == {
@@ -171,12 +175,6 @@ def test_creator_killed_midway_then_recc_down_leaves_no_orphan(served, tmp_path)
     }
     _wait(lambda: not _dask_processes(platform), "the cluster's processes to stop", timeout=30)
 
-    again = subprocess.run(
-        [sys.executable, "-m", "recc.cli.main", "down", NAME, "--json"],
-        env=down_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = recc_down_elsewhere()
     assert json.loads(again.stdout or "{}").get(NAME, "").startswith(("already", "unknown")), again
     assert not Path(tmp_path / "elsewhere" / "clusters" / NAME).exists()
