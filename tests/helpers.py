@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import boto3
 import psutil
@@ -62,6 +64,32 @@ class StubbedClient:
                 self.stubber.assert_no_pending_responses()
         finally:
             self.stubber.deactivate()
+
+
+@contextmanager
+def s3_on_loopback(*buckets: str) -> Iterator[str]:
+    """A moto server on 127.0.0.1 holding empty S3 ``buckets``; its endpoint URL. Fake
+    credentials and us-east-1 are in ``os.environ`` meanwhile (for module-scoped fixtures,
+    which cannot use monkeypatch; processes a test starts inherit them)."""
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    from moto.server import ThreadedMotoServer  # imports flask: only for the tests that use it
+
+    with mock.patch.dict(os.environ, env):
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            host, port = server.get_host_and_port()
+            endpoint = f"http://{host}:{port}"
+            s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+            for bucket in buckets:
+                s3.create_bucket(Bucket=bucket)
+            yield endpoint
+        finally:
+            server.stop()
 
 
 def run_cli(*args: str) -> tuple[int, str]:

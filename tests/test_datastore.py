@@ -4,7 +4,6 @@ configuration from dask config and environment, and S3 (a moto server) end to en
 from __future__ import annotations
 
 import os
-import socket
 
 import boto3
 import dask.config
@@ -12,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
+from helpers import s3_on_loopback
 
 from recc.datastore import DataStore, Store
 from recc.errors import ConfigError
@@ -82,34 +82,10 @@ def test_unknown_store_names_the_key():
 # -- S3 through a moto server ----------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="sims")
+    with s3_on_loopback("sims") as endpoint:
         yield endpoint
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def s3_store(endpoint: str, tmp_path) -> DataStore:

@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import boto3
 import dask.config
 import pytest
-from moto.server import ThreadedMotoServer
+from helpers import s3_on_loopback
 
 from recc.catalog import bundled_catalog
 from recc.cost import estimate_cost, local_cost
@@ -255,29 +254,13 @@ def test_two_processes_append_at_once_locally(pool: ProcessPoolExecutor, tmp_pat
 @pytest.fixture(scope="module")
 def s3_url() -> Iterator[tuple[str, dict]]:
     """A bucket on a moto server on 127.0.0.1, and the storage options that reach it."""
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-            Bucket="team-ledger"
-        )
+    with s3_on_loopback("team-ledger") as endpoint:
         options = {
             "key": "testing",
             "secret": "testing",
             "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
         }
         yield "s3://team-ledger/recc/ledger", options
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_s3_ledger_round_trip(s3_url: tuple[str, dict]) -> None:
