@@ -15,6 +15,7 @@ from unittest import mock
 import boto3
 import psutil
 from botocore.stub import Stubber
+from distributed import Client, fire_and_forget
 from typer.testing import CliRunner
 
 from recc import RECCCluster
@@ -140,6 +141,43 @@ def leave_running(name: str, attempts: int = 1, **spec: Any) -> ClusterRecord:
                 raise
     assert cluster.record is not None
     return cluster.record
+
+
+def six_states(prefix: str) -> dict[str, dict[str, Any]]:
+    """Specs of the six clusters the harvest issue names, ``<prefix>-busy`` and so on: busy,
+    a client connected, truly idle, protected, scheduler killed, past its max lifetime. The
+    test puts each in its state; :func:`decisions_for_six_states` says what must be decided."""
+    return {
+        f"{prefix}-busy": {"worker_cpu": 2},  # one thread sleeps, the other computes afterwards
+        f"{prefix}-client": {},
+        f"{prefix}-idle": {},
+        f"{prefix}-protected": {},
+        f"{prefix}-killed": {},
+        f"{prefix}-expired": {"max_lifetime": "2s"},
+    }
+
+
+def decisions_for_six_states(prefix: str, unreachable: str) -> dict[str, tuple[str, str, str]]:
+    """What the harvester decides for :func:`six_states` (decision, category, start of the
+    reason); ``unreachable`` is how the backend words the killed scheduler."""
+    return {
+        f"{prefix}-busy": ("keep", "busy", "busy: 1 task processing"),
+        f"{prefix}-client": ("keep", "in-use", "in use: 1 client connected"),
+        f"{prefix}-idle": ("reap", "idle", "idle for "),
+        f"{prefix}-protected": (
+            "keep",
+            "protected",
+            f"protected (recc unprotect {prefix}-protected",
+        ),
+        f"{prefix}-killed": ("reap", "unreachable", unreachable),
+        f"{prefix}-expired": ("reap", "expired", "expired at "),
+    }
+
+
+def start_a_long_task(client: Client) -> None:
+    """Make ``client``'s cluster busy: a 300 s task, already running when this returns."""
+    fire_and_forget(client.submit(time.sleep, 300, pure=False))
+    wait_for(lambda: any(client.processing().values()), 30, "the long task to start")
 
 
 def rows_by_cluster(output: str) -> dict[str, dict]:

@@ -23,8 +23,17 @@ import boto3
 import dask.config
 import kubernetes.client
 import pytest
-from distributed import Client, fire_and_forget
-from helpers import assert_decisions, leave_running, rows_by_cluster, run_cli, wait_for
+from distributed import Client
+from helpers import (
+    assert_decisions,
+    decisions_for_six_states,
+    leave_running,
+    rows_by_cluster,
+    run_cli,
+    six_states,
+    start_a_long_task,
+    wait_for,
+)
 
 from recc import RECCCluster
 from recc.clusters import delete_cluster
@@ -45,12 +54,7 @@ FAST = {
     "recc.harvest.lock-wait": 60,
 }
 CLUSTERS = {
-    "recc-busy": {"worker_cpu": 2},  # one thread sleeps, the other computes afterwards
-    "recc-client": {},
-    "recc-idle": {},
-    "recc-protected": {},
-    "recc-killed": {},
-    "recc-expired": {"max_lifetime": "2s"},
+    **six_states("recc"),
     "recc-orph-ng": {},  # its node group is deleted by hand
     "recc-orph-ns": {},  # its namespace is deleted by hand
     # Shuts itself down (its scheduler's own idle timeout, long enough to finish starting).
@@ -171,8 +175,7 @@ def test_harvest_on_the_emulated_platform(platform):
 
         busy = RECCCluster.from_name("recc-busy", backend="eks")
         with Client(busy) as client:
-            fire_and_forget(client.submit(time.sleep, 300, pure=False))
-            wait_for(lambda: any(client.processing().values()), 30, "the long task to start")
+            start_a_long_task(client)
         code, output = run_cli("protect", "recc-protected", "--backend", "eks")
         assert code == 0, output
         [scheduler] = [
@@ -218,16 +221,7 @@ def test_harvest_on_the_emulated_platform(platform):
             assert code == 1  # one reap failed, and the exit code says so
 
             expected = {
-                "recc-busy": ("keep", "busy", "busy: 1 task processing"),
-                "recc-client": ("keep", "in-use", "in use: 1 client connected"),
-                "recc-idle": ("reap", "idle", "idle for "),
-                "recc-protected": ("keep", "protected", "protected (recc unprotect recc-protected"),
-                "recc-killed": (
-                    "reap",
-                    "unreachable",
-                    "unreachable: the scheduler has not answered",
-                ),
-                "recc-expired": ("reap", "expired", "expired at "),
+                **decisions_for_six_states("recc", "unreachable: the scheduler has not answered"),
                 "recc-orph-ng": (
                     "reap",
                     "orphaned",

@@ -21,8 +21,17 @@ from pathlib import Path
 import dask.config
 import psutil
 import pytest
-from distributed import Client, fire_and_forget
-from helpers import assert_decisions, leave_running, rows_by_cluster, run_cli, wait_for
+from distributed import Client
+from helpers import (
+    assert_decisions,
+    decisions_for_six_states,
+    leave_running,
+    rows_by_cluster,
+    run_cli,
+    six_states,
+    start_a_long_task,
+    wait_for,
+)
 from typer.testing import CliRunner
 
 from recc import RECCCluster, state
@@ -83,22 +92,13 @@ def live(pid: int) -> bool:
 
 
 def test_one_pass_reaps_only_the_right_clusters_each_with_its_reason():
-    specs = {
-        "h-busy": {"worker_cpu": 2},  # two threads: one sleeps, one computes afterwards
-        "h-client": {},
-        "h-idle": {},
-        "h-protected": {},
-        "h-killed": {},
-        "h-expired": {"max_lifetime": "2s"},
-    }
+    specs = six_states("h")
     try:
         records = make_clusters(specs)
         busy = records["h-busy"]
         security = RECCCluster.from_name("h-busy").security
         with Client(busy.scheduler_address, security=security) as client:
-            fire_and_forget(client.submit(time.sleep, 300, pure=False))
-            wait_for(lambda: client.processing() and any(client.processing().values()), 30,
-                     "the long task to start")  # fmt: skip
+            start_a_long_task(client)
         protect("h-protected")
         killed = records["h-killed"]
         os.kill(killed.details["scheduler"]["pid"], signal.SIGKILL)
@@ -120,18 +120,9 @@ def test_one_pass_reaps_only_the_right_clusters_each_with_its_reason():
             assert code == 0, done
             reaped = rows_by_cluster(done)
 
-        expected = {
-            "h-busy": ("keep", "busy", "busy: 1 task processing"),
-            "h-client": ("keep", "in-use", "in use: 1 client connected"),
-            "h-idle": ("reap", "idle", "idle for "),
-            "h-protected": ("keep", "protected", "protected (recc unprotect h-protected"),
-            "h-killed": (
-                "reap",
-                "unreachable",
-                f"unreachable: scheduler process {killed.details['scheduler']['pid']} is not",
-            ),
-            "h-expired": ("reap", "expired", "expired at "),
-        }
+        expected = decisions_for_six_states(
+            "h", f"unreachable: scheduler process {killed.details['scheduler']['pid']} is not"
+        )
         assert set(expected) == set(specs)
         for rows in (planned, reaped):
             assert_decisions(rows, expected)
