@@ -21,19 +21,11 @@ from pathlib import Path
 
 import boto3
 import dask.config
+import harvest_cases as cases
 import kubernetes.client
 import pytest
 from distributed import Client
-from helpers import (
-    assert_decisions,
-    decisions_for_six_states,
-    leave_running,
-    rows_by_cluster,
-    run_cli,
-    six_states,
-    start_a_long_task,
-    wait_for,
-)
+from helpers import run_cli, wait_for
 
 from recc import RECCCluster
 from recc.clusters import delete_cluster
@@ -46,15 +38,9 @@ from recc.ledger import Ledger
 from recc.platform import platform_settings
 from recc.testing.platform import emulated_platform
 
-FAST = {
-    "recc.harvest.idle-timeout": "1s",
-    "recc.harvest.grace-period": 0,
-    "recc.harvest.unreachable-grace": 0,
-    "recc.harvest.orphan-grace": 0,
-    "recc.harvest.lock-wait": 60,
-}
+FAST = {**cases.FAST, "recc.harvest.unreachable-grace": 0, "recc.harvest.lock-wait": 60}
 CLUSTERS = {
-    **six_states("recc"),
+    **cases.six_states("recc"),
     "recc-orph-ng": {},  # its node group is deleted by hand
     "recc-orph-ns": {},  # its namespace is deleted by hand
     # Shuts itself down (its scheduler's own idle timeout, long enough to finish starting).
@@ -74,7 +60,7 @@ def platform(recc_home: Path):
 def make_cluster(name: str, **spec) -> None:
     # On a loaded machine the emulated port-forward sometimes drops the TLS handshake while the
     # backend waits for workers; the backend has rolled everything back, so a second try is safe.
-    leave_running(name, attempts=2, backend="eks", **spec)
+    cases.leave_running(name, attempts=2, backend="eks", **spec)
 
 
 def foreign_resources(platform) -> dict[str, str]:
@@ -175,7 +161,7 @@ def test_harvest_on_the_emulated_platform(platform):
 
         busy = RECCCluster.from_name("recc-busy", backend="eks")
         with Client(busy) as client:
-            start_a_long_task(client)
+            cases.start_a_long_task(client)
         code, output = run_cli("protect", "recc-protected", "--backend", "eks")
         assert code == 0, output
         [scheduler] = [
@@ -205,7 +191,7 @@ def test_harvest_on_the_emulated_platform(platform):
             with dask.config.set({**FAST, "recc.harvest.unreachable-grace": "1h"}):
                 code, dry = run_cli("harvest", "--backend", "eks", "--json")
             assert code == 0, dry
-            planned = rows_by_cluster(dry)
+            planned = cases.rows_by_cluster(dry)
             assert planned["recc-killed"]["category"] == "waiting"
             assert "the scheduler pod is Failed" in planned["recc-killed"]["reason"]
             memory = harvest_eks.ConfigMapMemory(platform.api_client).load()
@@ -217,11 +203,11 @@ def test_harvest_on_the_emulated_platform(platform):
             )
             with dask.config.set(FAST):
                 code, done = run_cli("harvest", "--backend", "eks", "--yes", "--json")
-            first = rows_by_cluster(done)
+            first = cases.rows_by_cluster(done)
             assert code == 1  # one reap failed, and the exit code says so
 
             expected = {
-                **decisions_for_six_states("recc", "unreachable: the scheduler has not answered"),
+                **cases.six_decisions("recc", "unreachable: the scheduler has not answered"),
                 "recc-orph-ng": (
                     "reap",
                     "orphaned",
@@ -230,7 +216,7 @@ def test_harvest_on_the_emulated_platform(platform):
                 "recc-orph-ns": ("reap", "orphaned", "orphaned: namespace recc-orph-ns gone"),
                 "recc-selfidle": ("reap", "unreachable", "unreachable: its DaskCluster is gone"),
             }
-            assert_decisions(first, expected)  # the foreign look-alikes are not RECC clusters
+            cases.assert_decisions(first, expected)  # the foreign look-alikes are not RECC clusters
             assert "the scheduler pod is Failed" in first["recc-killed"]["reason"]
             # Reaps go by $/h, then name: recc-expired met the injected failure.
             assert first["recc-expired"]["outcome"].startswith("failed: ")

@@ -19,19 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dask.config
+import harvest_cases as cases
 import psutil
 import pytest
 from distributed import Client
-from helpers import (
-    assert_decisions,
-    decisions_for_six_states,
-    leave_running,
-    rows_by_cluster,
-    run_cli,
-    six_states,
-    start_a_long_task,
-    wait_for,
-)
+from helpers import run_cli, wait_for
 from typer.testing import CliRunner
 
 from recc import RECCCluster, state
@@ -48,17 +40,13 @@ from recc.ledger import Ledger
 from recc.state import ClusterRecord
 from recc.tags import rfc3339
 
-FAST = {
-    "recc.harvest.idle-timeout": "1s",
-    "recc.harvest.grace-period": 0,
-    "recc.harvest.unreachable-grace": "1h",  # a dead process needs no grace; a silent one would
-    "recc.harvest.orphan-grace": 0,
-}
+# A dead process needs no unreachable grace; a silent one would.
+FAST = {**cases.FAST, "recc.harvest.unreachable-grace": "1h"}
 
 
 def make_clusters(specs: dict[str, dict]) -> dict[str, ClusterRecord]:
     with ThreadPoolExecutor(3) as pool:
-        futures = {name: pool.submit(leave_running, name, **spec) for name, spec in specs.items()}
+        futures = {n: pool.submit(cases.leave_running, n, **spec) for n, spec in specs.items()}
     return {name: f.result() for name, f in futures.items()}
 
 
@@ -92,13 +80,13 @@ def live(pid: int) -> bool:
 
 
 def test_one_pass_reaps_only_the_right_clusters_each_with_its_reason():
-    specs = six_states("h")
+    specs = cases.six_states("h")
     try:
         records = make_clusters(specs)
         busy = records["h-busy"]
         security = RECCCluster.from_name("h-busy").security
         with Client(busy.scheduler_address, security=security) as client:
-            start_a_long_task(client)
+            cases.start_a_long_task(client)
         protect("h-protected")
         killed = records["h-killed"]
         os.kill(killed.details["scheduler"]["pid"], signal.SIGKILL)
@@ -114,18 +102,18 @@ def test_one_pass_reaps_only_the_right_clusters_each_with_its_reason():
         ):
             code, dry = run_cli("harvest", "--backend", "local", "--json")
             assert code == 0, dry
-            planned = rows_by_cluster(dry)
+            planned = cases.rows_by_cluster(dry)
             assert all(state.exists(name) for name in specs)  # a dry run deletes nothing
             code, done = run_cli("harvest", "--backend", "local", "--yes", "--json")
             assert code == 0, done
-            reaped = rows_by_cluster(done)
+            reaped = cases.rows_by_cluster(done)
 
-        expected = decisions_for_six_states(
+        expected = cases.six_decisions(
             "h", f"unreachable: scheduler process {killed.details['scheduler']['pid']} is not"
         )
         assert set(expected) == set(specs)
         for rows in (planned, reaped):
-            assert_decisions(rows, expected)
+            cases.assert_decisions(rows, expected)
         assert {n: r["outcome"] for n, r in planned.items()} == {
             n: "would reap" if d == "reap" else "kept" for n, (d, _, _) in expected.items()
         }
@@ -174,7 +162,7 @@ def test_one_pass_reaps_only_the_right_clusters_each_with_its_reason():
 
 def test_the_table_shows_each_cluster_and_the_total():
     try:
-        leave_running("h-table")
+        cases.leave_running("h-table")
         time.sleep(1.2)  # idle for longer than the 1 s idle timeout
         with dask.config.set(FAST):
             code, output = run_cli("harvest", "--backend", "local")
@@ -190,7 +178,7 @@ def test_the_table_shows_each_cluster_and_the_total():
 
 def test_a_scheduler_that_shuts_itself_down_takes_its_workers_and_the_harvester_the_rest():
     try:
-        record = leave_running("h-self", idle_timeout="2s")
+        record = cases.leave_running("h-self", idle_timeout="2s")
         scheduler, *workers = pids(record)
         wait_for(lambda: not live(scheduler), 30, "the scheduler's idle shutdown")
         # Its workers follow (the scheduler closes them; --death-timeout is the backstop), and
@@ -231,7 +219,7 @@ def test_the_cap_and_two_harvesters_at_once_delete_each_cluster_once():
         ]  # fmt: skip
         results = [p.communicate(timeout=240) for p in both]
         assert all(p.returncode == 0 for p in both), results
-        reports = [rows_by_cluster(stdout) for stdout, _ in results]
+        reports = [cases.rows_by_cluster(stdout) for stdout, _ in results]
         for name in ("h-two-b", "h-two-c"):
             seen = [report[name] for report in reports if name in report]
             assert [row["outcome"] for row in seen].count("deleted") == 1, seen
