@@ -8,6 +8,7 @@ reused pid is never mistaken for it (and a zombie counts as gone).
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -96,10 +97,36 @@ def tls_args(tls: TLSFiles) -> list[str]:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, below the ephemeral range.
+
+    The caller hands the port to a process that binds it a moment later. A port from the
+    kernel's ephemeral range could meanwhile become the local end of any outgoing connection
+    on the machine (a test suite makes thousands), and the scheduler would fail to start;
+    ports below that range are only ever taken by an explicit bind.
+    """
+    low = _ephemeral_start()
+    for _ in range(64):
+        port = random.randrange(_LOWEST_PORT, low) if low - _LOWEST_PORT > 1000 else 0
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    with socket.socket() as probe:  # everything tried was taken: let the kernel choose
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+_LOWEST_PORT = 20000  # above the registered ports most services listen on
+
+
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; elsewhere the range is similar or higher
 
 
 def scheduler_args(scheduler_file: Path, tls: TLSFiles, port: int = 0) -> list[str]:

@@ -16,6 +16,7 @@ from distributed import Client
 
 from recc import RECCClient, RECCCluster, get_template_path, state
 from recc.errors import ClusterNotFound, SpecError
+from recc.procs import _ephemeral_start, free_port
 from recc.tls import create_cluster_tls
 
 
@@ -213,3 +214,13 @@ def test_quota_refuses_before_anything_is_created():
                 RECCCluster(n_workers=2, worker_memory="512MiB", worker_cpu=1)
         assert "uses 2" in str(refused.value)
         assert len(state.load_all()) == 1  # only the first cluster exists
+
+
+def test_scheduler_ports_come_from_below_the_ephemeral_range():
+    """A port from the ephemeral range could be taken by any outgoing connection between its
+    choice and the scheduler's bind; below the range only an explicit bind takes it."""
+    ports = {free_port() for _ in range(20)}
+    assert all(port < _ephemeral_start() for port in ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # nothing holds it
