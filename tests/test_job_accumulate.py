@@ -263,3 +263,15 @@ def test_has_repeats_agrees_with_pandas(seed):
     assert has_repeats(keys) is bool(frame.duplicated().any())
     strings = keys.select(["path"]).append_column("Date", pa.array(["x"] * len(frame)))
     assert has_repeats(strings) is None
+
+
+def test_files_in_the_layouts_order_stay_fast_after_an_aligned_one(tmp_path):
+    """An odd file (own order, some keys missing) is aligned; files after it that share the
+    layout's encoded keys are still added by byte compare, and the sums stay in the layout's
+    order, so the output can still copy the layout's keys."""
+    alike = files_of(generate(str(tmp_path / "a"), files=4, paths=30, dates=10, seed=41))
+    odd = files_of(generate(str(tmp_path / "o"), files=1, paths=30, dates=10, seed=41,
+                            missing=0.2, shuffle_each=True))
+    acc = assert_matches([alike[0], *odd, *alike[1:]])
+    assert (acc.tally.same_bytes, acc.tally.aligned) == (4, 1)
+    assert acc.in_layout_order() is not None  # a subset of the keys: nothing was appended

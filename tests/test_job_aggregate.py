@@ -115,6 +115,26 @@ def test_a_bad_file_fails_its_group_only(client, tmp_path):
     check(result, {"g000": info.groups["g000"]}, info.output)
 
 
+@pytest.mark.parametrize("per_task", [None, 2], ids=["one-task", "lanes"])
+def test_the_layout_is_the_most_common_key_order_not_the_first_file(client, tmp_path, per_task):
+    """An odd file listed first (some keys missing, its own row order) is aligned on its own;
+    the files that share a key order are still added by byte compare."""
+    odd = generate(str(tmp_path / "odd"), files=1, paths=30, dates=10, seed=32, missing=0.2,
+                   shuffle_each=True)
+    alike = generate(str(tmp_path / "alike"), files=5, paths=30, dates=10, seed=32)
+    files = [f"{odd.output}/part-00000.parquet",
+             *(f"{alike.output}/{f}" for f in alike.groups["g000"])]
+    result = aggregate(groups={"g": files}, output=str(tmp_path / "out"), client=client,
+                       max_files_per_task=per_task)
+    assert result.ok, result.failed
+    tally = result.groups["g"].tally
+    assert (tally.same_bytes, tally.aligned) == (5, 1)
+    want = pd.concat(pd.read_parquet(f) for f in files).groupby(["path", "Date"]).value.sum()
+    got = pd.read_parquet(str(tmp_path / "out" / "g.parquet")).set_index(["path", "Date"]).value
+    assert len(got) == len(want)
+    np.testing.assert_allclose(got.reindex(want.index).to_numpy(), want.to_numpy())
+
+
 @pytest.mark.parametrize("per_task", [None, 1], ids=["one-task", "lanes"])
 def test_keys_beyond_the_reservation_rerun_exactly(client, tmp_path, per_task):
     """Files with disjoint keys outgrow the default reservation; the group re-runs sized for

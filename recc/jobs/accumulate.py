@@ -311,7 +311,10 @@ class Accumulator:
     tally: Tally = field(default_factory=Tally)
     values: np.ndarray | None = None
     _keys: pa.Table | None = None  # decoded keys: only once something needs them
-    _ordered: bool = False  # row i of the sums is row i of the layout file
+    # The first _prefix rows of the sums are the layout's rows in its order (0: not so).
+    # Files in the layout's encoded order add there directly, even after others were
+    # aligned, as long as no repeated key of the layout had to be merged.
+    _prefix: int = 0
     _signature: tuple | None = None
     _index: KeyIndex | None = None
     _unique: bool | None = None  # whether the keys are known free of repeats
@@ -331,11 +334,11 @@ class Accumulator:
         if source.layout_of is not None:
             self._add_partial(source)
             return
+        if self._prefix and _equal_signatures(source.signature(), self._signature):
+            self._add_in_order(source)
+            self.tally.same_bytes += 1
+            return
         if self._index is None:
-            if _equal_signatures(source.signature(), self._signature):
-                self._add_in_order(source)
-                self.tally.same_bytes += 1
-                return
             keys = source.keys()
             if keys.equals(self.keys):
                 self._add_in_order(source)
@@ -361,7 +364,7 @@ class Accumulator:
             return
         self._check_rows(layout.num_rows, layout.url)
         self.values = np.zeros(layout.num_rows)
-        self._ordered = True
+        self._prefix = layout.num_rows
         # The layout outlives the accumulator's use of it, so its slices need no copy.
         self._signature = layout.signature()
         self._unique = True if layout.unique_keys else None
@@ -379,7 +382,7 @@ class Accumulator:
         if source.layout_of != self.layout.layout_id():
             raise InputError(f"{source.url}: a partial sum over another layout than "
                              f"{self.layout.url}'s")
-        if self._ordered:
+        if self._prefix:
             self._add_in_order(source)
             self.tally.same_bytes += 1
         else:
@@ -396,9 +399,9 @@ class Accumulator:
                 chunk = np.where(np.isnan(chunk), 0.0, chunk)
             np.add(target, chunk, out=target)
             offset += len(chunk)
-        if offset != len(self.values):
+        if offset != self._prefix:
             raise InputError(f"{source.url}: value column has {offset} rows, keys have "
-                             f"{len(self.values)}")
+                             f"{self._prefix}")
 
     def _ensure_index(self) -> KeyIndex:
         if self._index is None:
@@ -409,8 +412,7 @@ class Accumulator:
             if len(first) != keys.num_rows:  # keys repeated within the first file
                 self.values = np.bincount(rows, weights=self.values, minlength=len(first))
                 self._keys = keys.take(pa.array(first))
-            self._signature = None
-            self._ordered = False
+                self._signature, self._prefix = None, 0  # rows no longer the layout's
             self._unique = True
         return self._index
 
@@ -437,8 +439,9 @@ class Accumulator:
         return self.values is not None and bool(np.isnan(self.values).any())
 
     def in_layout_order(self) -> Source | None:
-        """The layout file, while row i of the sums is row i of it (keys never decoded)."""
-        return self.layout if self._ordered else None
+        """The layout file, while row i of the sums is row i of it and no key was added."""
+        ordered = self.values is not None and self._prefix == len(self.values) > 0
+        return self.layout if ordered else None
 
     def unique_keys(self) -> bool:
         """Whether no key repeats in the sums; checked once per key layout per process."""

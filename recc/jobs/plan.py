@@ -15,6 +15,7 @@ memory is reserved through the ``MEMORY`` worker resource before it starts.
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
 
@@ -101,10 +102,11 @@ def plan_group(
 ) -> GroupPlan:
     """The tasks for ``group`` (see module docs); ``exact`` reserves for disjoint keys.
 
-    Every task names the group's first file as its key layout, so lanes whose files share
-    it write partial sums without keys, in its row order.
+    Every task names one key layout, so lanes whose files share it write partial sums
+    without keys, in its row order: the first file of the most common key shape (see
+    :func:`layout_of`).
     """
-    layout = facts[0] if facts else None
+    layout = layout_of(facts)
     if len(facts) <= files_per_task:
         final = _unit(group, "all", facts, output, True, len(facts), key_growth, exact, layout)
         return GroupPlan(group, len(facts), output, (), final)
@@ -126,6 +128,19 @@ def plan_group(
     final = _unit(group, "final", partials, output, True, 0, key_growth, exact, layout,
                   max(1, rows))
     return GroupPlan(group, len(facts), output, tuple(lanes), final)
+
+
+def layout_of(facts: list[FileFacts]) -> FileFacts | None:
+    """The group's key layout: the first file of the key shape most of its files have.
+
+    A file in another order than the layout is aligned key by key, so the layout should be
+    what most files look like, not whatever file happens to be listed first.
+    """
+    if not facts:
+        return None
+    counts = collections.Counter(f.key_shape for f in facts)
+    common = max(counts.values())
+    return next(f for f in facts if counts[f.key_shape] == common)
 
 
 def files_per_task(total_files: int, slots: int, minimum: int = 8, maximum: int = 256) -> int:

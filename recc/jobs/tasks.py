@@ -39,6 +39,9 @@ class FileFacts:
     size: int
     key_bytes: int  # encoded key columns: what the fast path keeps a copy of
     schema: pa.Schema
+    # Rows and encoded key sizes per row group: files alike here very likely share their
+    # encoded keys byte for byte (the group's layout is chosen among the most common).
+    key_shape: tuple = ()
 
 
 def scan(store: DataStore, urls: list[str]) -> list[FileFacts | str]:
@@ -56,12 +59,14 @@ def scan(store: DataStore, urls: list[str]) -> list[FileFacts | str]:
                 raise InputError(f"{url}: missing column(s) {', '.join(missing)}; each file "
                                  f"needs columns {', '.join(COLUMNS)}")
             names = [md.schema.column(i).name for i in range(md.num_columns)]
-            key_bytes = sum(
-                md.row_group(r).column(names.index(k)).total_compressed_size
-                for r in range(md.num_row_groups) for k in KEYS
+            shape = tuple(
+                (md.row_group(r).num_rows, *(
+                    md.row_group(r).column(names.index(k)).total_compressed_size for k in KEYS))
+                for r in range(md.num_row_groups)
             )
+            key_bytes = sum(sum(sizes) for _, *sizes in shape)
             out.append(FileFacts(url, md.num_rows, int(size), key_bytes,
-                                 schema.remove_metadata()))
+                                 schema.remove_metadata(), shape))
         except InputError as e:
             out.append(str(e))
         except FileNotFoundError as e:
