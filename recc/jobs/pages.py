@@ -100,7 +100,7 @@ def _pages(buffer: pa.Buffer, chunks: list[tuple[int, int, int, str | None]],
                 raise PageError("a page runs past the end of its column chunk")
             page = data.slice(position, header.compressed_size)
             position += header.compressed_size
-            if header.type in (_INDEX_PAGE,):
+            if header.type == _INDEX_PAGE:
                 continue
             values = _values(header, page, codec, nullable)
             seen += len(values)

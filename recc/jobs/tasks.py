@@ -27,7 +27,7 @@ from recc.jobs.accumulate import (
     Tally,
     open_source,
 )
-from recc.jobs.splice import splice_parquet, spliceable
+from recc.jobs.splice import SpliceError, splice_parquet
 
 
 @dataclass(frozen=True)
@@ -135,10 +135,13 @@ def write_output(acc: Accumulator, f: BinaryIO, schema: pa.Schema | None) -> int
     encoded key columns instead of encoding keys again (several times cheaper).
     """
     layout = acc.in_layout_order()
-    if layout is not None and acc.unique_keys() and spliceable(layout.buffer) is None:
+    if layout is not None and acc.unique_keys():
         assert acc.values is not None
-        splice_parquet(f, layout.buffer, acc.values)
-        return layout.num_rows
+        try:
+            splice_parquet(f, layout.buffer, acc.values)
+            return layout.num_rows
+        except SpliceError:  # raised before writing anything: write the ordinary way
+            pass
     table = acc.table(unique=True, schema=schema)
     pq.write_table(table, f, use_dictionary=list(KEYS))
     return table.num_rows
