@@ -41,13 +41,14 @@ def check(result, groups: dict[str, list[str]], base: str) -> None:
                                    rtol=1e-12, atol=1e-12)
 
 
-class RecordRestrictions(SchedulerPlugin):
-    """Records the resource restrictions of every task as the scheduler holds it."""
+class RecordSumTasks(SchedulerPlugin):
+    """Records where each of the job's summing tasks ran and its resource restrictions, as
+    the scheduler holds them."""
 
-    name = "record-restrictions"
+    name = "record-sum-tasks"
 
     def __init__(self):
-        self.seen: dict[str, dict] = {}
+        self.tasks: dict[str, tuple[str, dict]] = {}
 
     async def start(self, scheduler):
         self.scheduler = scheduler
@@ -55,7 +56,20 @@ class RecordRestrictions(SchedulerPlugin):
     def transition(self, key, start, finish, *args, **kwargs):
         if finish == "processing" and str(key).startswith("recc-sum"):
             ts = self.scheduler.tasks[key]
-            self.seen[str(key)] = dict(ts.resource_restrictions or {})
+            self.tasks[str(key)] = (ts.processing_on.address,
+                                    dict(ts.resource_restrictions or {}))
+
+
+def recording_sum_tasks(client, run):
+    """``run()``'s result and the summing tasks it made: {key: (worker, restrictions)}."""
+    client.register_plugin(RecordSumTasks())
+    try:
+        result = run()
+        tasks = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.plugins[RecordSumTasks.name].tasks)
+    finally:
+        client.unregister_scheduler_plugin(RecordSumTasks.name)
+    return result, tasks
 
 
 @pytest.mark.parametrize("shape", [
@@ -76,16 +90,10 @@ def test_every_group_shape_matches_pandas(client, tmp_path, shape):
 
 
 def test_restrictions_reach_the_scheduler(client, tmp_path):
-    plugin = RecordRestrictions()
-    client.register_plugin(plugin)
-    try:
-        info = generate(str(tmp_path / "in"), group_sizes=[2, 9], paths=40, dates=12)
-        result = aggregate(info.output, str(tmp_path / "out"), client=client,
-                           max_files_per_task=4)
-        seen = client.run_on_scheduler(
-            lambda dask_scheduler: dask_scheduler.plugins["record-restrictions"].seen)
-    finally:
-        client.unregister_scheduler_plugin("record-restrictions")
+    info = generate(str(tmp_path / "in"), group_sizes=[2, 9], paths=40, dates=12)
+    result, tasks = recording_sum_tasks(client, lambda: aggregate(
+        info.output, str(tmp_path / "out"), client=client, max_files_per_task=4))
+    seen = {key: restrictions for key, (_, restrictions) in tasks.items()}
     assert result.ok
     sums = {k: v for k, v in seen.items()}
     assert len(sums) == result.groups["g000"].tasks + result.groups["g001"].tasks == 1 + 4
@@ -119,20 +127,16 @@ def test_a_bad_file_fails_its_group_only(client, tmp_path):
 def test_the_layout_is_the_most_common_key_order_not_the_first_file(client, tmp_path, per_task):
     """An odd file listed first (some keys missing, its own row order) is aligned on its own;
     the files that share a key order are still added by byte compare."""
-    odd = generate(str(tmp_path / "odd"), files=1, paths=30, dates=10, seed=32, missing=0.2,
-                   shuffle_each=True)
+    generate(str(tmp_path / "odd"), files=1, paths=30, dates=10, seed=32, missing=0.2,
+             shuffle_each=True)
     alike = generate(str(tmp_path / "alike"), files=5, paths=30, dates=10, seed=32)
-    files = [f"{odd.output}/part-00000.parquet",
-             *(f"{alike.output}/{f}" for f in alike.groups["g000"])]
-    result = aggregate(groups={"g": files}, output=str(tmp_path / "out"), client=client,
-                       max_files_per_task=per_task)
+    names = ["odd/part-00000.parquet", *(f"alike/{f}" for f in alike.groups["g000"])]
+    result = aggregate(groups={"g": [str(tmp_path / n) for n in names]},
+                       output=str(tmp_path / "out"), client=client, max_files_per_task=per_task)
     assert result.ok, result.failed
     tally = result.groups["g"].tally
     assert (tally.same_bytes, tally.aligned) == (5, 1)
-    want = pd.concat(pd.read_parquet(f) for f in files).groupby(["path", "Date"]).value.sum()
-    got = pd.read_parquet(str(tmp_path / "out" / "g.parquet")).set_index(["path", "Date"]).value
-    assert len(got) == len(want)
-    np.testing.assert_allclose(got.reindex(want.index).to_numpy(), want.to_numpy())
+    check(result, {"g": names}, str(tmp_path))
 
 
 @pytest.mark.parametrize("per_task", [None, 1], ids=["one-task", "lanes"])
@@ -181,35 +185,13 @@ def test_a_cluster_without_the_resource_is_refused(tmp_path):
                 aggregate(info.output, str(tmp_path / "out"), client=c)
 
 
-class RecordWorkers(SchedulerPlugin):
-    """Records which worker ran each of the job's tasks."""
-
-    name = "record-workers"
-
-    def __init__(self):
-        self.ran_on: dict[str, str] = {}
-
-    async def start(self, scheduler):
-        self.scheduler = scheduler
-
-    def transition(self, key, start, finish, *args, **kwargs):
-        if finish == "processing" and str(key).startswith("recc-sum"):
-            self.ran_on[str(key)] = self.scheduler.tasks[key].processing_on.address
-
-
 def test_many_groups_of_very_different_sizes_at_once(client, tmp_path):
     sizes = [1] * 12 + [0, 2, 5, 17, 30]
     info = generate(str(tmp_path / "in"), group_sizes=sizes, paths=15, dates=8, seed=3,
                     missing=0.05)
-    plugin = RecordWorkers()
-    client.register_plugin(plugin)
-    try:
-        result = aggregate(info.output, str(tmp_path / "out"), client=client,
-                           max_files_per_task=6)
-        ran_on = client.run_on_scheduler(
-            lambda dask_scheduler: dask_scheduler.plugins["record-workers"].ran_on)
-    finally:
-        client.unregister_scheduler_plugin("record-workers")
+    result, tasks = recording_sum_tasks(client, lambda: aggregate(
+        info.output, str(tmp_path / "out"), client=client, max_files_per_task=6))
+    ran_on = {key: worker for key, (worker, _) in tasks.items()}
     assert result.ok, result.failed
     check(result, info.groups, info.output)
     # 15 single-task groups (one is empty), then lanes + final for 17 files (3+1) and 30 (5+1).
