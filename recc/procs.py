@@ -28,9 +28,28 @@ def spawn(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> dict[st
     """Start ``python -m *args`` detached: its own session and process group (so it outlives
     the caller and one signal reaches the nanny and its worker), no terminal, output to
     ``log``. Returns a reference for :func:`alive` and :func:`stop`."""
+    return spawn_command([sys.executable, "-m", *args], log, env, cwd)
+
+
+def die_with_parent() -> None:
+    """In a child before ``exec``: have the kernel SIGTERM it when the thread that started it
+    ends (Linux's PR_SET_PDEATHSIG; elsewhere nothing). For helpers that must never outlive
+    what runs them, such as a test platform's servers when a test run is killed."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def spawn_command(
+    argv: list[str], log: Path, env: dict[str, str], cwd: Path, tied: bool = False
+) -> dict[str, Any]:
+    """Start the program ``argv`` detached, as :func:`spawn` does; ``tied=True`` ends it when
+    the calling thread ends (:func:`die_with_parent`)."""
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", *args],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -38,6 +57,7 @@ def spawn(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> dict[st
             close_fds=True,
             env=env,
             cwd=cwd,
+            preexec_fn=die_with_parent if tied else None,
         )
     try:
         created = psutil.Process(process.pid).create_time()

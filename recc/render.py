@@ -51,7 +51,7 @@ TLS_MOUNT = "/etc/recc/tls"
 OWNER_ROLE = "recc-owner"
 # The templates, in apply order (a namespace before what lives in it, the Dask resources last).
 _TEMPLATES = (
-    "namespace serviceaccount role rolebinding resourcequota networkpolicy secret daskcluster"
+    "namespace serviceaccount rolebinding resourcequota networkpolicy secret daskcluster"
 ).split()
 
 

@@ -60,3 +60,14 @@ def no_real_aws(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError(f"a real AWS client was requested: {args} {kwargs}")
 
     monkeypatch.setattr(aws, "client", refuse)
+
+
+@pytest.fixture(scope="session")
+def kubernetes_platform(tmp_path_factory: pytest.TempPathFactory):
+    """The real control plane, the dask-kubernetes operator and the node agent, started once
+    per test session and shared by every emulated platform (``emulated_platform(kubernetes=
+    ...)``). The binaries are built on first use (``python -m recc.testing assets``)."""
+    from recc.testing.platform import kubernetes_platform as start
+
+    with start(tmp_path_factory.mktemp("kubernetes")) as platform:
+        yield platform

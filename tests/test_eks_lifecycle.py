@@ -42,8 +42,8 @@ SMALL = {"worker_memory": "1GiB", "worker_cpu": 1, "scheduler_memory_GiB": 1, "i
 
 
 @pytest.fixture(scope="module")
-def platform():
-    with emulated_platform() as p, dask.config.set(FAST):
+def platform(kubernetes_platform):
+    with emulated_platform(kubernetes=kubernetes_platform) as p, dask.config.set(FAST):
         yield p
 
 
@@ -103,6 +103,11 @@ def _dashboard_answers(cluster) -> bool:
     link = cluster.record.dashboard_link
     assert link.startswith("https://")
     context = ssl.create_default_context(cafile=cluster.security.tls_ca_file)
+    if cluster.record.details.get("route") == "load-balancer":
+        # AWS names a load balancer after the certificate exists (the certificate carries the
+        # region's ELB wildcard); the test platform's load balancers have bare loopback
+        # addresses, so only the chain to the cluster's CA is checked, as Dask's TLS does.
+        context.check_hostname = False
     with urllib.request.urlopen(link, context=context, timeout=20) as answer:
         return answer.status == 200
 

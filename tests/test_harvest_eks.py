@@ -49,11 +49,9 @@ CLUSTERS = {
 
 
 @pytest.fixture
-def platform(recc_home: Path):
-    with emulated_platform(state_dir=recc_home) as platform:
-        core = kubernetes.client.CoreV1Api(platform.api_client())
-        # `recc platform install` makes the harvester's namespace; its locks live there.
-        core.create_namespace({"metadata": {"name": "recc"}})
+def platform(recc_home: Path, kubernetes_platform):
+    # `recc platform install` made the harvester's namespace (recc); its locks live there.
+    with emulated_platform(state_dir=recc_home, kubernetes=kubernetes_platform) as platform:
         yield platform
 
 

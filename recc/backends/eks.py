@@ -54,7 +54,7 @@ from recc.estimate import Estimate
 from recc.estimate import estimate as estimate_cost
 from recc.kube import apply
 from recc.kube.apply import Ref
-from recc.kube.auth import kubernetes_user
+from recc.kube.auth import eks_username, kubernetes_user
 from recc.kube.connect import (
     COMM_PORT_NAME,
     PORT_FORWARD,
@@ -211,10 +211,18 @@ class EKSBackend:
         tls = create_cluster_tls(
             name,
             state.cluster_dir(name) / "tls",
-            hostnames=(f"{service}.{name}.svc.cluster.local", service, "localhost", "127.0.0.1"),
+            hostnames=(
+                f"{service}.{name}.svc.cluster.local",
+                service,
+                # The internal load balancer's name, made by AWS after this certificate.
+                f"*.elb.{conn.platform.region}.amazonaws.com",
+                "localhost",
+                "127.0.0.1",
+            ),
         )
+        subject = eks_username(identity["Arn"], config.get("eks.user-map", default={}))
         manifests = render_manifests(
-            spec, plan, owner, settings, TLSMaterial(*tls.pem()), owner_subject=user
+            spec, plan, owner, settings, TLSMaterial(*tls.pem()), owner_subject=subject
         )
         _annotate_namespace(manifests, spec, record)
         ngs = nodegroups.nodegroup_specs(
@@ -268,7 +276,7 @@ class EKSBackend:
             saga.run(
                 str(ref),
                 lambda doc=doc: apply.create(conn.api, doc),
-                undo=lambda ref=ref: apply.delete(conn.api, ref),
+                undo=lambda ref=ref: self._undo(conn, ref),
                 remedy=ref.kubectl_delete(),
             )
             counter.step()
@@ -365,10 +373,10 @@ class EKSBackend:
             name,
             label_selector=f"dask.org/cluster-name={name},dask.org/component=scheduler",
         )
-        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
-        if not running:
-            return "no reachable load balancer, and the scheduler pod is not running yet"
-        pod = running[0]["metadata"]["name"]
+        ready = [p for p in pods if pod_ready(p)]
+        if not ready:
+            return "no reachable load balancer, and the scheduler pod is not Ready yet"
+        pod = ready[0]["metadata"]["name"]
         ports = {"comm": route.port, "dashboard": route.dashboard_port}
         local = {
             part: self._forward(f"{name}/{part}", kubernetes_opener(conn.api, name, pod, port))
@@ -663,12 +671,32 @@ class EKSBackend:
                     "",
                 )
         if found.namespace is not None:
-            attempt(
-                f"namespace {found.name}",
-                lambda: apply.delete(conn.api, namespace_ref(found.name)),
-                "",
-            )
+            attempt(f"namespace {found.name}", lambda: self._delete_namespace(conn, found.name), "")
         return problems
+
+    def _undo(self, conn: Connection, ref: Ref) -> None:
+        if ref.kind == "Namespace":
+            self._delete_namespace(conn, ref.name)
+        else:
+            apply.delete(conn.api, ref)
+
+    def _delete_namespace(self, conn: Connection, name: str) -> None:
+        """Delete namespace ``name`` and wait (bounded) until it is gone: Kubernetes keeps a
+        namespace Terminating while it finalizes what it holds, and a cluster of the same name
+        cannot be created before it is gone."""
+        ref = namespace_ref(name)
+        apply.delete(conn.api, ref)
+
+        def probe() -> Observation:
+            left = apply.read(conn.api, ref)
+            if left is None:
+                return Observation(1, 1)
+            conditions = (left.get("status") or {}).get("conditions") or []
+            why = "; ".join(c.get("message", "") for c in conditions if c.get("status") == "True")
+            return Observation(0, 1, f"namespace {name} is terminating" + (f": {why}" * bool(why)))
+
+        timeout, setting = _timeout("namespace-deleted", 300)
+        self._waiter().until("namespace deleted", probe, timeout, no_progress, setting, _transient)
 
     def _delete_nodegroups(self, conn: Connection, names: list[str]) -> None:
         """Scale each node group to 0 and delete it; wait (bounded) until all are gone."""
@@ -727,6 +755,20 @@ def _annotate_namespace(
                     VCPUS_ANNOTATION: f"{record.vcpus:g}",
                 }
             )
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    """Whether the kubelet reports ``pod`` Ready (its readiness probes pass), not merely
+    Running (its processes started), and it is not being deleted.
+
+    >>> pod_ready({"status": {"phase": "Running", "conditions": [
+    ...     {"type": "Ready", "status": "False"}]}})
+    False
+    """
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _node_ready(node: dict[str, Any]) -> bool:

@@ -94,3 +94,26 @@ def kubernetes_user(arn: str, user_map: Mapping[str, str] | None = None) -> str:
         if key in user_map:
             return str(user_map[key])
     return _USER_BAD.sub("-", name.lower()).strip("-.") or "unknown"
+
+
+def eks_username(arn: str, user_map: Mapping[str, str] | None = None) -> str:
+    """The Kubernetes user name EKS gives caller ``arn`` by an access entry with no custom
+    user name: an IAM user's ARN, or ``arn:aws:sts::A:assumed-role/R/{{SessionName}}`` (with
+    ``@`` in the session name turned into ``-``). ``user_map`` (``recc.eks.user-map``) names
+    callers whose access entry sets one.
+
+    >>> eks_username("arn:aws:iam::111122223333:user/bob")
+    'arn:aws:iam::111122223333:user/bob'
+    >>> eks_username("arn:aws:sts::111122223333:assumed-role/Researcher/alice@example.org")
+    'arn:aws:sts::111122223333:assumed-role/Researcher/alice-example.org'
+    >>> eks_username("arn:aws:iam::1:user/bob", {"bob": "robert"})
+    'robert'
+    """
+    for key in (arn, principal_name(arn)):
+        if key in (user_map or {}):
+            return str((user_map or {})[key])
+    prefix, _, resource = arn.rpartition(":")
+    if resource.startswith("assumed-role/"):
+        role, _, session = resource[len("assumed-role/") :].partition("/")
+        return f"{prefix}:assumed-role/{role}/{session.replace('@', '-')}"
+    return arn

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kubernetes.client
@@ -120,14 +123,30 @@ def api_client(session: Any = None) -> kubernetes.client.ApiClient:
     conf = kubernetes.client.Configuration(host=endpoint.url)
     conf.api_key_prefix["authorization"] = "Bearer"
     conf.refresh_api_key_hook = _token_refresher(name, session)
+    # The client sends a bearer token only if one is there already (and only then calls the
+    # hook to refresh it): without this first token every request would go out anonymous.
+    conf.refresh_api_key_hook(conf)
     # Only connection failures are retried: a timed-out read may have had its effect, and the
     # callers (idempotent deletes, bounded waits) decide what to do about it.
     conf.retries = urllib3.Retry(total=3, connect=3, read=0, status=0, other=0, redirect=0)
     if endpoint.url.startswith("http://"):
         conf.proxy = None  # a loopback test server; never through a proxy
     else:
-        conf.ca_cert_data = _pem(endpoint.ca_data or "")
+        # A file, not ca_cert_data: the client's websocket streams (port-forward, logs with
+        # follow) read only ssl_ca_cert and would otherwise trust the public CAs instead.
+        conf.ssl_ca_cert = str(_ca_file(_pem(endpoint.ca_data or "")))
     return kubernetes.client.ApiClient(conf)
+
+
+def _ca_file(pem: str) -> Path:
+    """The platform's CA certificate in the user's cache (public data), written once."""
+    path = config.cache_dir() / "kube" / f"ca-{hashlib.sha256(pem.encode()).hexdigest()[:16]}.pem"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(pem)
+        partial.replace(path)
+    return path
 
 
 def _pem(ca_data: str) -> str:

@@ -25,6 +25,7 @@ from recc import aws
 from recc.errors import BackendError, ConfigError
 from recc.harvest.manifests import harvester_manifests
 from recc.platform.settings import SETTINGS, current
+from recc.render import OWNER_ROLE
 
 # Platform objects say they are part of RECC but are *not* managed-by=recc: the harvester may
 # delete whatever carries that label, and it must never take the platform for an orphan.
@@ -257,9 +258,45 @@ def researcher_manifests(group: str, namespace_prefix: str) -> list[dict[str, An
             _rule(["kubernetes.dask.org"], dask_resources, ["*"]),
             # Waiting for a cluster's nodes to be Ready.
             _rule([""], ["nodes"], ["get", "list", "watch"]),
+            # Granting a cluster's owner recc-owner in its namespace (RECC's RoleBinding).
+            {
+                "apiGroups": ["rbac.authorization.k8s.io"],
+                "resources": ["clusterroles"],
+                "resourceNames": [OWNER_ROLE],
+                "verbs": ["bind"],
+            },
         ],
     )
-    return [role, _binding(name, [_group(group)]), policy, binding]
+    return [role, _binding(name, [_group(group)]), owner_role(), policy, binding]
+
+
+def owner_role() -> dict[str, Any]:
+    """What a cluster's owner may do in its namespace (bound there by RECC): use the cluster,
+    not administer the namespace."""
+    return _cluster_role(
+        OWNER_ROLE,
+        [
+            _rule(
+                [""],
+                ["pods", "pods/log", "services", "endpoints", "events", "resourcequotas"],
+                ["get", "list", "watch"],
+            ),
+            _rule([""], ["pods/portforward"], ["get", "create"]),
+            _rule([""], ["secrets"], ["get"]),  # the namespace holds one cluster's Secrets
+            _rule(["apps"], ["deployments"], ["get", "list", "watch"]),
+            _rule(
+                ["kubernetes.dask.org"],
+                [
+                    "daskclusters",
+                    "daskclusters/scale",
+                    "daskworkergroups",
+                    "daskworkergroups/scale",
+                    "daskautoscalers",
+                ],
+                ["get", "list", "watch", "create", "update", "patch", "delete"],
+            ),
+        ],
+    )
 
 
 INSTALL_DEFAULTS = {

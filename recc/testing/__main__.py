@@ -1,8 +1,13 @@
-"""``python -m recc.testing serve``: the emulated platform, served on loopback for other processes.
+"""``python -m recc.testing``: the test platform's command line.
 
-Prints ``export NAME=value`` lines (moto's endpoint, fake credentials and region for boto3;
-``DASK_RECC__*`` for RECC) once everything is up, then runs until SIGTERM or SIGINT and stops
-every process it started. Its own output after the exports goes nowhere (stdout is closed),
+``assets`` builds (or finds) the Kubernetes binaries the platform runs and prints their
+directory (see :mod:`recc.testing.assets`).
+
+``serve`` runs the emulated platform on loopback for other processes. It prints
+``export NAME=value`` lines (moto's endpoint, fake credentials and region for boto3;
+``DASK_RECC__*`` for RECC; ``KUBECONFIG`` and ``PATH`` for kubectl) once everything is up,
+then runs until SIGTERM or SIGINT and stops every process it started. Its own output after the
+exports goes nowhere (stdout is closed),
 so a parent may read the exports through a pipe and close it; Dask processes log to files.
 
 Example
@@ -12,7 +17,7 @@ Example
     $ python -m recc.testing serve --port-file /tmp/recc-platform.env &
     $ while [ ! -s /tmp/recc-platform.env ]; do sleep 0.2; done
     $ . /tmp/recc-platform.env
-    $ recc up --n-workers 2 && recc ls && recc down --all
+    $ recc up --n-workers 2 && recc ls && kubectl get pods -A && recc down --all
     $ kill %1
 """
 
@@ -27,8 +32,6 @@ import sys
 import threading
 from pathlib import Path
 
-from recc.testing.platform import emulated_platform
-
 
 def _exports(env: dict[str, str]) -> str:
     return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in sorted(env.items()))
@@ -41,11 +44,13 @@ def serve(
     state_dir: Path | None = None,
 ) -> int:
     """Run the served platform until SIGTERM/SIGINT; returns the exit status."""
+    from recc.testing.platform import emulated_platform
+
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     with emulated_platform(
-        region=region, eks_cluster_name=eks_cluster_name, state_dir=state_dir, serve_aws=True
+        region=region, eks_cluster_name=eks_cluster_name, state_dir=state_dir
     ) as platform:
         text = _exports(platform.environment())
         if port_file is not None:
@@ -71,9 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m recc.testing", description="RECC's emulated platform for tests."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "assets", help="build or find the Kubernetes binaries; print their directory"
+    )
     serve_parser = commands.add_parser(
         "serve",
-        help="serve moto, the fake Kubernetes API and the emulated Dask operator on 127.0.0.1",
+        help="serve moto, a Kubernetes control plane with the dask-kubernetes operator, and "
+        "the node agent on 127.0.0.1",
     )
     serve_parser.add_argument(
         "--port-file", type=Path, help="also write the export lines to this file (atomically)"
@@ -85,6 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    if args.command == "assets":
+        from recc.testing.assets import AssetsError, ensure_assets
+
+        try:
+            paths = ensure_assets()
+        except AssetsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(paths["recc-kubelet"].parent)
+        return 0
     return serve(args.port_file, args.region, args.eks_cluster_name, args.state_dir)
 
 

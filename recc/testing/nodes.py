@@ -1,29 +1,32 @@
 """Kubernetes Nodes for the EKS managed node groups that moto holds, as EKS would make them.
 
 moto records node groups but boots nothing; :class:`NodeSync` plays the part of the instances
-joining the cluster. Every ``interval`` seconds it reads the node groups of one EKS cluster
-from moto's in-process state (no API call, so it neither shows up in recorded calls nor trips
-injected failures) and makes the fake API server hold one Ready Node per desired instance of
-each ACTIVE node group, labelled and tainted the way EKS labels and taints them. Nodes of a
-node group that shrank or went away are removed.
+joining the cluster. Each round it reads the node groups of one EKS cluster from moto's
+in-process state (no API call, so it neither shows up in recorded calls nor trips injected
+failures) and makes the API server hold one Ready Node per desired instance of each ACTIVE
+node group, labelled and tainted the way EKS labels and taints them, with the capacity and
+allocatable of its instance type. Nodes of a node group that shrank or went away are removed.
 
 :func:`desired_nodes` is the pure part: node groups in, Node objects out.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import re
-import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import kubernetes.client
+from kubernetes.client.exceptions import ApiException
+
 from recc.catalog import InstanceType, bundled_catalog
 from recc.errors import SpecError
 from recc.plan import NodeOverhead, allocatable
-from recc.testing.fake_kube import FakeKubeError, FakeKubeServer
 
 logger = logging.getLogger(__name__)
 
@@ -192,80 +195,122 @@ def _bundled_instance(name: str) -> InstanceType | None:
 
 
 class NodeSync:
-    """Keeps the fake's emulated Nodes equal to :func:`desired_nodes` of ``source()``.
-
-    Runs in a daemon thread every ``interval`` seconds from :meth:`start` to :meth:`stop`.
-    Nodes it did not make (no ``recc.testing/emulated-node`` label) are left alone.
+    """Keeps the agent's Nodes equal to :func:`desired_nodes` of ``source()``, as instances
+    joining and leaving the cluster would, and keeps them alive: each Node's Lease in
+    ``kube-node-lease`` is renewed and its Ready condition heartbeat refreshed, so the real node
+    lifecycle controller sees healthy kubelets. Nodes it did not make (no
+    ``recc.testing/emulated-node`` label) are left alone.
     """
 
     def __init__(
         self,
-        kube: FakeKubeServer,
+        api: Any,
         source: Callable[[], list[NodegroupView]],
         region: str,
-        interval: float = 0.2,
+        kubelet_port: Callable[[], int],
     ) -> None:
-        self.kube = kube
+        self.core = kubernetes.client.CoreV1Api(api)
+        self.leases = kubernetes.client.CoordinationV1Api(api)
         self.source = source
         self.region = region
-        self.interval = interval
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> NodeSync:
-        self.sync()
-        self._thread = threading.Thread(target=self._run, name="recc-node-sync", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self.interval):
-            try:
-                self.sync()
-            except Exception:  # keep syncing: one bad round must not end the emulation
-                logger.exception("emulated node sync failed; retrying")
+        self._kubelet_port = kubelet_port
+        self._renewed: dict[str, float] = {}
+        self.names: set[str] = set()
 
     def sync(self) -> None:
-        """One round: create missing Nodes, delete Nodes no node group wants any more."""
+        """One round: create missing Nodes, delete Nodes no node group wants, renew leases."""
         try:
             wanted = desired_nodes(self.source(), self.region)
         except RuntimeError:  # moto's dicts changed while being read; next round
             return
         have = {
-            n["metadata"]["name"]: n
-            for n in self.kube.objects("nodes")
-            if n["metadata"].get("labels", {}).get(_EMULATED_LABEL) == "true"
+            n.metadata.name: n
+            for n in self.core.list_node(label_selector=f"{_EMULATED_LABEL}=true").items
         }
         for name in sorted(have.keys() - wanted.keys()):
             try:
-                self.kube.delete_object("nodes", name)
-            except FakeKubeError as e:
-                if e.code != 404:
+                self.core.delete_node(name)
+            except ApiException as e:
+                if e.status != 404:
                     raise
+            self._renewed.pop(name, None)
         for name, node in sorted(wanted.items()):
+            node["status"]["daemonEndpoints"] = {"kubeletEndpoint": {"Port": self._kubelet_port()}}
+            node["status"]["nodeInfo"] = _NODE_INFO
             old = have.get(name)
             try:
                 if old is None:
-                    self.kube.create_object(node)
+                    stamp = _now()
+                    for condition in node["status"]["conditions"]:
+                        condition["lastHeartbeatTime"] = condition["lastTransitionTime"] = stamp
+                    self.core.create_node(node)
                 elif _drifted(old, node):  # EKS relabels nodes when the node group changes
-                    self.kube.update_object(
+                    self.core.patch_node(
+                        name,
                         {
-                            **node,
-                            "metadata": old["metadata"] | {"labels": node["metadata"]["labels"]},
-                        }
+                            "metadata": {"labels": node["metadata"]["labels"]},
+                            "spec": {"taints": node["spec"].get("taints")},
+                        },
                     )
-            except FakeKubeError as e:
-                if e.code not in (404, 409):  # raced with another change; next round
+                self._renew(name)
+            except ApiException as e:
+                if e.status not in (404, 409):  # raced with another change; next round
                     raise
+        self.names = set(wanted)
+
+    def _renew(self, name: str) -> None:
+        if time.monotonic() - self._renewed.get(name, -1e9) < _RENEW_EVERY:
+            return
+        stamp = _now_micro()
+        lease = {
+            "metadata": {"name": name, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": stamp},
+        }
+        try:
+            self.leases.patch_namespaced_lease(name, "kube-node-lease", {"spec": lease["spec"]})
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            self.leases.create_namespaced_lease("kube-node-lease", lease)
+        heartbeat = {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "kubelet is posting ready status (recc.testing node agent)",
+            "lastHeartbeatTime": _now(),
+        }
+        self.core.patch_node_status(name, {"status": {"conditions": [heartbeat]}})
+        self._renewed[name] = time.monotonic()
 
 
-def _drifted(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    return old["metadata"].get("labels") != new["metadata"]["labels"] or old["spec"].get(
-        "taints"
-    ) != new["spec"].get("taints")
+_RENEW_EVERY = 10.0
+_NODE_INFO = {
+    "machineID": "",
+    "systemUUID": "",
+    "bootID": "",
+    "kernelVersion": "",
+    "osImage": "recc.testing node agent",
+    "containerRuntimeVersion": "recc://processes",
+    "kubeletVersion": "v1.32.13",
+    "kubeProxyVersion": "",
+    "operatingSystem": "linux",
+    "architecture": "amd64",
+}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _now_micro() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _drifted(old: Any, new: dict[str, Any]) -> bool:
+    taints = [
+        {k: v for k, v in t.to_dict().items() if v is not None and k != "time_added"}
+        for t in old.spec.taints or []
+    ]
+    return (old.metadata.labels or {}) != new["metadata"]["labels"] or taints != (
+        new["spec"].get("taints") or []
+    )
