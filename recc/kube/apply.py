@@ -9,8 +9,8 @@ deleted (:class:`NotManaged`).
 
 Example
 -------
->>> from recc.testing import fake_kubernetes
->>> with fake_kubernetes() as kube, kube.api_client() as api:
+>>> from recc.testing import kubernetes_platform
+>>> with kubernetes_platform() as k8s, k8s.control_plane.api_client() as api:  # doctest: +SKIP
 ...     ns = {"apiVersion": "v1", "kind": "Namespace",
 ...           "metadata": {"name": "demo", "labels": {"app.kubernetes.io/managed-by": "recc"}}}
 ...     _ = create(api, ns)

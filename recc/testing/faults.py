@@ -27,8 +27,6 @@ import botocore.session
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError, UnknownServiceError
 
-from recc.testing.fake_kube import take_fault
-
 Record = Callable[[tuple[str, str, str]], None]
 
 
@@ -41,6 +39,19 @@ class _Fault:
     status: int
     hang: bool
     hang_seconds: float | None
+
+
+def take_fault(faults: list[Any], matches: Callable[[Any], bool]) -> Any | None:
+    """The first pending fault that ``matches``, counting one use; a fault whose ``times``
+    run out leaves ``faults`` (``times`` None: it stays until cleared)."""
+    for fault in faults:
+        if matches(fault):
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    faults.remove(fault)
+            return fault
+    return None
 
 
 class AWSFaults:

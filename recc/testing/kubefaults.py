@@ -46,9 +46,11 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from recc.testing.faults import take_fault
+
 StrPath = str | os.PathLike[str]
 
-# Where Kubernetes' Status reasons differ from the HTTP phrase (as in recc.testing.fake_kube).
+# Where Kubernetes' Status reasons differ from the HTTP phrase.
 _REASONS = {409: "AlreadyExists", 422: "Invalid", 500: "InternalError", 504: "Timeout"}
 _VERBS = {
     "POST": "create",
@@ -270,14 +272,7 @@ class FaultProxy:
 
     def _take_fault(self, verb: str, resource: str) -> _Fault | None:
         """The first pending fault for (verb, resource), counting one use (lock held)."""
-        for fault in self._faults:
-            if (fault.verb, fault.resource) == (verb, resource):
-                if fault.times is not None:
-                    fault.times -= 1
-                    if fault.times <= 0:
-                        self._faults.remove(fault)
-                return fault
-        return None
+        return take_fault(self._faults, lambda f: (f.verb, f.resource) == (verb, resource))
 
     def _retry(self, call, *args):
         """``call(*args)`` on a socket with a short timeout, retried until done or stopping."""
