@@ -10,6 +10,8 @@ from recc.kube import auth
 from recc.testing import assets, pods, podspec, services
 
 
-@pytest.mark.parametrize("module", [assets, pods, podspec, services, auth], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [assets, pods, podspec, services, auth], ids=lambda m: m.__name__
+)
 def test_doctests_hold(module) -> None:
     assert doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
