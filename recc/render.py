@@ -45,7 +45,29 @@ NODEGROUP_LABEL = "recc.io/nodegroup"
 TAINT_KEY = "recc.io/cluster"
 """Key of the NoSchedule taint on a cluster's nodes; its value is the cluster name."""
 
-PORTS = {"tcp-comm": 8786, "http-dashboard": 8787}
+# The scheduler's ports. Dask (tcp-comm) and the dashboard (https-dashboard) are TLS with client
+# certificates. http-dashboard, the name under which the dask-kubernetes operator calls the
+# scheduler's HTTP API in plain HTTP (retire workers, idle check, adaptive target), serves that
+# API alone, for the operator inside the cluster (see OPERATOR_API and the README's trust
+# boundary); NetworkPolicies let only the operator's namespace reach it.
+PORTS = {"tcp-comm": 8786, "https-dashboard": 8787, "http-dashboard": 8789}
+CLIENT_PORTS = ("tcp-comm", "https-dashboard")
+OPERATOR_API = """\
+# RECC: the scheduler's HTTP API for the dask-kubernetes operator, in plain HTTP on its own port
+# (the dashboard, on another, requires TLS client certificates the operator does not hold).
+from tornado.httpserver import HTTPServer
+from tornado.web import Application
+from distributed.http.scheduler.api import routes
+
+def dask_setup(scheduler):
+    app = Application([(path, handler, {**kw, "dask_server": scheduler})
+                       for path, handler, kw in routes])
+    scheduler._recc_operator_api = HTTPServer(app)
+    scheduler._recc_operator_api.listen(%d)
+
+def dask_teardown(scheduler):
+    scheduler._recc_operator_api.stop()
+""" % PORTS["http-dashboard"]
 WORKER_DASHBOARD_PORT = 8788
 TLS_MOUNT = "/etc/recc/tls"
 OWNER_ROLE = "recc-owner"
@@ -118,7 +140,6 @@ def render_manifests(
     source, source_env = _source(spec, platform)
     env = {**spec.env, **source_env, **_TLS_ENV}
     idle = math.ceil(spec.idle_timeout or 0)  # seconds; 0 means never
-    idle_env = {"DASK_DISTRIBUTED__SCHEDULER__IDLE_TIMEOUT": f"{idle}s"} if idle else {}
     groups = [
         {
             "name": f"{cluster}-{group.name}",
@@ -150,7 +171,9 @@ def render_manifests(
         "scheduler": {
             "nodegroup": groups[0]["nodegroup"],  # the plan puts it on the first group's nodes
             "resources": _resources(plan.scheduler),
-            "env": {**env, **idle_env},
+            # No scheduler idle timeout: in the operator's Deployment a scheduler that stopped
+            # itself would only be restarted; the operator's autoshutdown ends the cluster.
+            "env": env,
         },
         "default_group": groups[0],
     }
@@ -279,6 +302,7 @@ def _environment() -> jinja2.Environment:
     env.globals.update(
         block=_block, NODEGROUP_LABEL=NODEGROUP_LABEL, TAINT_KEY=TAINT_KEY, PORTS=PORTS,
         WORKER_DASHBOARD_PORT=WORKER_DASHBOARD_PORT, TLS_MOUNT=TLS_MOUNT, OWNER_ROLE=OWNER_ROLE,
+        CLIENT_PORTS=CLIENT_PORTS, OPERATOR_API=OPERATOR_API,
     )  # fmt: skip
     return env
 

@@ -297,3 +297,66 @@ def test_recc_cluster_on_the_eks_backend_runs_end_to_end_and_leaves_nothing(plat
     wait_for(lambda: node_names(core, f"{name}-default") == [], what="the cluster's nodes")
 
 
+
+
+def test_scale_down_through_the_real_operator_retires_workers_gracefully_and_loses_no_task(
+    platform, apis
+):
+    """The operator retires workers through the scheduler's plain-HTTP API port (in-cluster
+    only); the dashboard and Dask stay TLS-only for clients."""
+    from recc import RECCClient, RECCCluster
+
+    core, _ = apis
+    small = {"worker_memory": "1GiB", "worker_cpu": 1, "scheduler_memory_GiB": 1}
+    with RECCCluster(backend="eks", n_workers=4, **small) as cluster, RECCClient(cluster) as client:
+        futures = client.map(lambda x: (__import__("time").sleep(0.3), x)[1], range(40))
+        cluster.scale(2)
+        wait_for(
+            lambda: len(client.scheduler_info(n_workers=-1)["workers"]) == 2,
+            what="two workers after scale(2)",
+        )
+        assert sum(client.gather(futures)) == sum(range(40))
+        selector = "dask.org/component=worker"
+        wait_for(
+            lambda: len(core.list_namespaced_pod(cluster.name, label_selector=selector).items)
+            == 2,
+            what="two worker Pods",
+        )
+        cluster.scale(4)
+        client.wait_for_workers(4, timeout=120)
+        # Plain HTTP answers on the operator's port only, inside the cluster; clients get TLS.
+        service = core.read_namespaced_service(f"{cluster.name}-scheduler", cluster.name)
+        assert {p.name for p in service.spec.ports} == {
+            "tcp-comm",
+            "https-dashboard",
+            "http-dashboard",
+        }
+    wait_for(lambda: platform.processes() == [], what="the cluster's processes to stop")
+
+
+def test_an_idle_cluster_is_shut_down_by_the_operator(platform, apis):
+    """spec.idleTimeout: the operator's own idle check reaches the scheduler's API and deletes
+    the DaskCluster; RECC's harvester then finds the rest (see test_harvest_eks)."""
+    from recc import RECCCluster
+
+    custom = kubernetes.client.CustomObjectsApi(platform.api_client())
+    small = {"worker_memory": "1GiB", "worker_cpu": 1, "scheduler_memory_GiB": 1}
+    cluster = RECCCluster(backend="eks", n_workers=1, idle_timeout="5s", **small)
+    try:
+
+        def gone() -> bool:
+            try:
+                custom.get_namespaced_custom_object(
+                    "kubernetes.dask.org", "v1", cluster.name, "daskclusters", cluster.name
+                )
+            except ApiException as e:
+                return e.status == 404
+            return False
+
+        wait_for(gone, timeout=120, what="the idle cluster's DaskCluster to be deleted")
+        wait_for(
+            lambda: not [p for p in platform.processes() if p[0] == cluster.name],
+            what="the idle cluster's Pods to stop",
+        )
+    finally:
+        cluster.close()

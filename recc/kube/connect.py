@@ -1,7 +1,7 @@
 """Reaching a cluster's scheduler from outside the VPC: its load balancer, else a port-forward.
 
 The dask-kubernetes operator exposes the scheduler as Service ``<cluster>-scheduler`` with the
-ports ``tcp-comm`` (Dask, TLS) and ``http-dashboard`` (HTTPS). A client uses the load
+ports ``tcp-comm`` (Dask, TLS) and ``https-dashboard`` (HTTPS). A client uses the load
 balancer's address when the Service has one that answers; otherwise (a ClusterIP Service, or a
 laptop outside the load balancer's allowed CIDRs) it tunnels through the Kubernetes API server
 to the scheduler pod, like ``kubectl port-forward``. Either way the Dask traffic itself is
@@ -32,7 +32,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 COMM_PORT_NAME = "tcp-comm"
-DASHBOARD_PORT_NAME = "http-dashboard"
+DASHBOARD_PORT_NAME = "https-dashboard"
 LOAD_BALANCER, PORT_FORWARD = "load-balancer", "port-forward"
 MODES = ("auto", LOAD_BALANCER, PORT_FORWARD)
 

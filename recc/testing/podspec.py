@@ -143,17 +143,27 @@ IMAGE_ENTRYPOINTS = {
 
 def command_line(container: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
     """The argv of ``container``: ``command`` (else the image's entrypoint) then ``args``, each
-    ``$(VAR)``-expanded.
+    ``$(VAR)``-expanded. Raises :class:`PodNotReady` when there is neither (the entrypoint of
+    an image not in :data:`IMAGE_ENTRYPOINTS` is unknown here): the Pod waits with that message,
+    and the agent goes on with the other Pods.
 
     >>> command_line({"image": "ghcr.io/dask/dask-kubernetes-operator:2026.3.0",
     ...               "args": ["--all-namespaces"]}, {})
     ['kopf', 'run', '-m', 'dask_kubernetes.operator.controller', '--all-namespaces']
+    >>> command_line({"name": "c", "image": "busybox"}, {})
+    Traceback (most recent call last):
+    recc.testing.podspec.PodNotReady: container 'c' has neither command nor args, and the \
+entrypoint of image 'busybox' is not known to the node agent: give a command
     """
     image = str(container.get("image", "")).split("@")[0].rsplit(":", 1)[0]
     command = container.get("command") or IMAGE_ENTRYPOINTS.get(image, [])
     argv = [*command, *(container.get("args") or [])]
     if not argv:
-        raise ValueError(f"container {container.get('name')!r} has neither command nor args")
+        raise PodNotReady(
+            f"container {container.get('name')!r} has neither command nor args, and the "
+            f"entrypoint of image {container.get('image')!r} is not known to the node agent: "
+            "give a command"
+        )
     return [expand(str(part), env) for part in argv]
 
 
