@@ -63,11 +63,11 @@ def dask_setup(scheduler):
     app = Application([(path, handler, {**kw, "dask_server": scheduler})
                        for path, handler, kw in routes])
     scheduler._recc_operator_api = HTTPServer(app)
-    scheduler._recc_operator_api.listen(%d)
+    scheduler._recc_operator_api.listen(PORT)
 
 def dask_teardown(scheduler):
     scheduler._recc_operator_api.stop()
-""" % PORTS["http-dashboard"]
+""".replace("PORT", str(PORTS["http-dashboard"]))
 WORKER_DASHBOARD_PORT = 8788
 TLS_MOUNT = "/etc/recc/tls"
 OWNER_ROLE = "recc-owner"

@@ -1,8 +1,10 @@
 """Reaching the scheduler: the choice between load balancer and port-forward (pure), and the
 port-forward relay with a real TLS Dask scheduler behind it.
 
-The websocket leg (``kubernetes.stream.portforward`` through the API server) is exercised end
-to end in test_eks_lifecycle.py, against the fake API server's portforward subresource.
+The websocket leg (``kubernetes.stream.portforward`` through the API server) runs against the
+session's real API server and node agent (``kubernetes_platform`` in conftest.py): a Pod's echo
+server reached through ``kubernetes_opener``; end to end with a Dask cluster in
+test_eks_lifecycle.py.
 """
 
 from __future__ import annotations
@@ -190,58 +192,155 @@ def test_a_remote_that_cannot_be_opened_closes_the_local_connection():
         forward.stop()
 
 
-def test_concurrent_port_forward_streams_through_the_api_server(tmp_path):
+ECHO_SERVER = """
+import socketserver
+class Upper(socketserver.BaseRequestHandler):
+    def handle(self):
+        while data := self.request.recv(65536):
+            self.request.sendall(data.upper())
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+print("echo is up", flush=True)
+Server(("", 8786), Upper).serve_forever()
+"""
+
+
+@pytest.fixture
+def echo_pod(kubernetes_platform):
+    """A namespace of its own with a Pod ``scheduler`` on the system node running a TCP server
+    on port 8786 that answers what it gets in upper case; (namespace, admin client)."""
+    import uuid
+
+    import kubernetes.client
+    from helpers import wait_for
+
+    namespace = f"pf-{uuid.uuid4().hex[:8]}"
+    with kubernetes_platform.control_plane.api_client() as admin:
+        core = kubernetes.client.CoreV1Api(admin)
+        core.create_namespace({"metadata": {"name": namespace}})
+        try:
+            wait_for(
+                lambda: (
+                    core.list_namespaced_service_account(
+                        namespace, field_selector="metadata.name=default"
+                    ).items
+                ),
+                60,
+                "the namespace's default ServiceAccount",
+            )
+            container = {
+                "name": "scheduler",
+                "image": "python:3.11",
+                "command": ["python", "-c", ECHO_SERVER],
+                "ports": [{"name": "tcp-comm", "containerPort": 8786}],
+                "readinessProbe": {"tcpSocket": {"port": "tcp-comm"}, "periodSeconds": 1},
+            }
+            pod = {
+                "metadata": {"name": "scheduler", "labels": {"app": "echo"}},
+                "spec": {
+                    "nodeSelector": {"recc.io/pool": "system"},
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [container],
+                },
+            }
+            core.create_namespaced_pod(namespace, pod)
+
+            def ready() -> bool:
+                status = core.read_namespaced_pod("scheduler", namespace).status
+                return any(
+                    c.type == "Ready" and c.status == "True" for c in status.conditions or []
+                )
+
+            wait_for(ready, 120, "the echo pod to be Ready")
+            yield namespace, admin
+        finally:
+            core.delete_namespace(namespace)
+
+
+def _bearer_client(kubernetes_platform, admin, namespace: str):
+    """A client of RECC's endpoint (the fault proxy, which records every call) with the token
+    of a ServiceAccount that may only read Pods and port-forward to them in ``namespace``,
+    as a cluster's owner may."""
+    import kubernetes.client
+
+    core = kubernetes.client.CoreV1Api(admin)
+    rbac = kubernetes.client.RbacAuthorizationV1Api(admin)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "forwarder"}})
+    rules = [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get", "create"]},
+    ]
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "forwarder"}, "rules": rules})
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "forwarder"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "forwarder",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "forwarder", "namespace": namespace}],
+        },
+    )
+    token = core.create_namespaced_service_account_token(
+        "forwarder", namespace, {"spec": {"expirationSeconds": 600}}
+    ).status.token
+    conf = kubernetes.client.Configuration(host=kubernetes_platform.faults.url)
+    conf.ssl_ca_cert = str(kubernetes_platform.control_plane.ca_file)
+    conf.api_key["authorization"] = token
+    conf.api_key_prefix["authorization"] = "Bearer"
+    return kubernetes.client.ApiClient(conf)
+
+
+def test_concurrent_port_forward_streams_through_the_api_server(kubernetes_platform, echo_pod):
     """Many streams opened at once through one ApiClient (a Dask client opens several
-    connections together) each reach the pod, and the ApiClient still works afterwards."""
+    connections together) each reach the pod through the API server and the node's kubelet,
+    and the ApiClient still works afterwards."""
     from concurrent.futures import ThreadPoolExecutor
 
     import kubernetes.client
+    from helpers import wait_for
 
     from recc.kube.connect import kubernetes_opener
-    from recc.testing import fake_kubernetes
 
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-
-    def serve():
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=echo, args=(conn,), daemon=True).start()
-
-    def echo(conn):
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data.upper())
-
-    threading.Thread(target=serve, daemon=True).start()
-    with fake_kubernetes() as kube, kube.api_client() as api:
+    namespace, admin = echo_pod
+    faults = kubernetes_platform.faults
+    with _bearer_client(kubernetes_platform, admin, namespace) as api:
         core = kubernetes.client.CoreV1Api(api)
-        core.create_namespace({"metadata": {"name": "pf"}})
-        pod = {
-            "metadata": {"name": "scheduler"},
-            "spec": {"containers": [{"name": "s", "image": "dask"}]},
-        }
-        core.create_namespaced_pod("pf", pod)
-        kube.patch_object(
-            "pods", "scheduler", {"status": {"phase": "Running", "podIP": "127.0.0.1"}}, "pf"
-        )
-        forward = PortForwarder(kubernetes_opener(api, "pf", "scheduler", port))
+
+        def allowed() -> bool:  # RBAC sees a new binding within moments
+            try:
+                return core.read_namespaced_pod("scheduler", namespace) is not None
+            except kubernetes.client.ApiException as e:
+                if e.status == 403:
+                    return False
+                raise
+
+        wait_for(allowed, 60, "the ServiceAccount's access")
+        before = faults.count("get", "pods/portforward")
+        forward = PortForwarder(kubernetes_opener(api, namespace, "scheduler", 8786))
 
         def exchange(i: int) -> bytes:
-            with socket.create_connection(("127.0.0.1", forward.port), timeout=10) as client:
-                client.sendall(f"hello {i}".encode())
-                return client.recv(100)
+            message = f"hello {i}".encode()
+            with socket.create_connection(("127.0.0.1", forward.port), timeout=30) as client:
+                client.sendall(message)
+                answer = b""
+                while len(answer) < len(message):
+                    chunk = client.recv(100)
+                    if not chunk:
+                        break
+                    answer += chunk
+                return answer
 
         try:
             with ThreadPoolExecutor(8) as pool:
                 answers = list(pool.map(exchange, range(16)))
         finally:
             forward.stop()
-            server.close()
         assert answers == [f"HELLO {i}".encode() for i in range(16)]
-        assert kube.count("get", "pods/portforward") == 16
+        # One stream per connection, each its own portforward request to the API server.
+        assert faults.count("get", "pods/portforward") - before == 16
         # Plain API calls on the shared client are unaffected by the streams.
-        assert core.read_namespace("pf").metadata.name == "pf"
+        assert core.read_namespaced_pod("scheduler", namespace).status.phase == "Running"

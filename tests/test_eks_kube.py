@@ -1,16 +1,21 @@
 """The Kubernetes side of the EKS backend, piece by piece: the EKS token, the caller's
-Kubernetes user, the API client's configuration, and generic apply against the fake API."""
+Kubernetes user, the API client's configuration, and generic apply against the real API server
+of the session's test platform (``kubernetes_platform`` in conftest.py)."""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import urllib.parse
+import uuid
+from pathlib import Path
 
 import boto3
 import dask
 import kubernetes.client
 import pytest
+from helpers import wait_for
 from moto import mock_aws
 
 from recc.errors import ConfigError
@@ -18,21 +23,20 @@ from recc.kube import apply
 from recc.kube.apply import NotManaged, Ref
 from recc.kube.auth import eks_token, kubernetes_user, principal_name
 from recc.kube.client import api_client, eks_setting, platform_endpoint
-from recc.testing import fake_kubernetes
 
 MANAGED = {"app.kubernetes.io/managed-by": "recc"}
-
-
-@pytest.fixture(scope="module")
-def kube():
-    with fake_kubernetes() as server:
-        yield server
+WAIT = 60.0
 
 
 @pytest.fixture
-def api(kube):
-    with kube.api_client() as client:
+def api(kubernetes_platform):
+    """An administrator's client of the real API server."""
+    with kubernetes_platform.control_plane.api_client() as client:
         yield client
+
+
+def unique(prefix: str = "apply") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 # -- token and user ------------------------------------------------------------------------
@@ -128,14 +132,31 @@ def test_unknown_eks_cluster_is_a_config_error(fake_aws_credentials):
         platform_endpoint(boto3.Session(region_name="eu-west-1"))
 
 
-def test_api_client_authenticates_with_a_fresh_eks_token(fake_aws_credentials, kube):
-    settings = {"recc.eks.cluster-name": "research", "recc.eks.endpoint": kube.url}
-    with dask.config.set(settings), api_client(boto3.Session(region_name="eu-west-1")) as client:
-        version = kubernetes.client.VersionApi(client).get_code()
-        header = client.configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
+def test_api_client_authenticates_with_a_fresh_eks_token(kubernetes_platform):
+    """Through the emulated EKS cluster: the API server hands the token to EKS's authenticator
+    (a webhook replaying the presigned URL to STS, here moto), which maps the caller's IAM
+    user to its access entry."""
+    from recc.testing import emulated_platform
+
+    with emulated_platform(kubernetes=kubernetes_platform) as platform:
+        with api_client(boto3.Session(region_name=platform.region)) as client:
+            version = kubernetes.client.VersionApi(client).get_code()
+            review = kubernetes.client.AuthenticationV1Api(client).create_self_subject_review(
+                {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+            )
+            header = client.configuration.get_api_key_with_prefix(
+                "BearerToken", alias="authorization"
+            )
     assert version.git_version.startswith("v1.")
     assert header.startswith("Bearer k8s-aws-v1.")
-    assert client.configuration.proxy is None  # a loopback http:// endpoint: never proxied
+    assert review.status.user_info.username == platform.caller_arn
+    assert "recc-researchers" in review.status.user_info.groups
+
+
+def test_a_loopback_http_endpoint_is_never_proxied(fake_aws_credentials):
+    settings = {"recc.eks.cluster-name": "research", "recc.eks.endpoint": "http://127.0.0.1:1"}
+    with dask.config.set(settings), api_client(boto3.Session(region_name="eu-west-1")) as client:
+        assert client.configuration.proxy is None
 
 
 def test_https_endpoint_uses_the_cluster_ca(fake_aws_credentials):
@@ -146,7 +167,8 @@ def test_https_endpoint_uses_the_cluster_ca(fake_aws_credentials):
         "recc.eks.ca-data": base64.b64encode(pem.encode()).decode(),
     }
     with dask.config.set(settings), api_client(boto3.Session(region_name="eu-west-1")) as client:
-        assert client.configuration.ca_cert_data == pem
+        # A file, which the client's websocket streams (port-forward) read too.
+        assert Path(client.configuration.ssl_ca_cert).read_text() == pem
         assert client.configuration.verify_ssl
 
 
@@ -171,49 +193,78 @@ def _namespace(name: str, labels: dict | None = None) -> dict:
     }
 
 
-def test_create_read_list_patch_and_delete_built_in_kinds(api, kube):
-    apply.create(api, _namespace("apply-a"))
+def _ns_ref(name: str) -> Ref:
+    return Ref("v1", "Namespace", name)
+
+
+@pytest.fixture
+def namespaces(api):
+    """Names for namespaces a test makes; whatever is left of them is deleted afterwards."""
+    made: list[str] = []
+
+    def name() -> str:
+        made.append(unique())
+        return made[-1]
+
+    yield name
+    core = kubernetes.client.CoreV1Api(api)
+    for left in made:
+        try:
+            core.delete_namespace(left)
+        except kubernetes.client.ApiException as e:
+            if e.status != 404:
+                raise
+
+
+def _gone(api, ref: Ref) -> bool:
+    return apply.read(api, ref) is None
+
+
+def test_create_read_list_patch_and_delete_built_in_kinds(api, namespaces):
+    ns = namespaces()
+    apply.create(api, _namespace(ns))
     policy = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": "deny", "namespace": "apply-a", "labels": MANAGED},
+        "metadata": {"name": "deny", "namespace": ns, "labels": MANAGED},
         "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
     }
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": {"name": "owner", "namespace": "apply-a", "labels": MANAGED},
+        "metadata": {"name": "owner", "namespace": ns, "labels": MANAGED},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "owner"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}],
     }
     stored = apply.create(api, policy)
     apply.create(api, binding)
     assert stored["metadata"]["uid"] and stored["spec"]["policyTypes"] == ["Ingress"]
-    assert kube.get_object("rolebindings", "owner", "apply-a")["subjects"][0]["name"] == "alice"
+    rbac = kubernetes.client.RbacAuthorizationV1Api(api)
+    assert rbac.read_namespaced_role_binding("owner", ns).subjects[0].name == "alice"
     apply.patch(api, Ref.of(policy), {"metadata": {"annotations": {"why": "test"}}})
     assert apply.read(api, Ref.of(policy))["metadata"]["annotations"] == {"why": "test"}
     listed = apply.list_objects(
-        api, "networking.k8s.io/v1", "NetworkPolicy", "apply-a", "app.kubernetes.io/managed-by=recc"
+        api, "networking.k8s.io/v1", "NetworkPolicy", ns, "app.kubernetes.io/managed-by=recc"
     )
     assert [Ref.of(p) for p in listed] == [Ref.of(policy)]
     assert apply.delete(api, Ref.of(binding)) == apply.DELETED
     assert apply.delete(api, Ref.of(binding)) == apply.ABSENT
-    assert apply.delete(api, _ns_ref("apply-a")) == apply.DELETED
-    assert kube.objects("networkpolicies", "apply-a") == []
+    assert apply.delete(api, _ns_ref(ns)) == apply.DELETED
+    # The namespace is finalized by the API server's namespace controller, with what it held.
+    assert apply.delete(api, _ns_ref(ns)) in (apply.DELETING, apply.ABSENT)
+    wait_for(lambda: _gone(api, _ns_ref(ns)), WAIT, f"namespace {ns} to be gone")
+    assert apply.list_objects(api, "networking.k8s.io/v1", "NetworkPolicy", ns) == []
 
 
-def _ns_ref(name: str) -> Ref:
-    return Ref("v1", "Namespace", name)
-
-
-def test_custom_resources_go_through_custom_objects(api, kube):
-    apply.create(api, _namespace("apply-b"))
+def test_custom_resources_go_through_custom_objects(api, namespaces):
+    ns = namespaces()
+    apply.create(api, _namespace(ns))
     group = {
         "apiVersion": "kubernetes.dask.org/v1",
         "kind": "DaskWorkerGroup",
-        "metadata": {"name": "c-gpu", "namespace": "apply-b", "labels": MANAGED},
+        "metadata": {"name": "c-gpu", "namespace": ns, "labels": MANAGED},
         "spec": {
-            "cluster": "c",
+            "cluster": "c",  # no such DaskCluster: the operator makes no workers for it
             "worker": {
                 "replicas": 1,
                 "spec": {"containers": [{"name": "worker", "image": "dask"}]},
@@ -222,41 +273,81 @@ def test_custom_resources_go_through_custom_objects(api, kube):
     }
     apply.create(api, group)
     apply.patch(api, Ref.of(group), {"spec": {"worker": {"replicas": 3}}})
-    assert (
-        kube.get_object("daskworkergroups", "c-gpu", "apply-b")["spec"]["worker"]["replicas"] == 3
+    custom = kubernetes.client.CustomObjectsApi(api)
+    stored = custom.get_namespaced_custom_object(
+        "kubernetes.dask.org", "v1", ns, "daskworkergroups", "c-gpu"
     )
+    assert stored["spec"]["worker"]["replicas"] == 3
     assert [
         g["metadata"]["name"]
-        for g in apply.list_objects(api, "kubernetes.dask.org/v1", "DaskWorkerGroup", "apply-b")
+        for g in apply.list_objects(api, "kubernetes.dask.org/v1", "DaskWorkerGroup", ns)
     ] == ["c-gpu"]
     assert apply.delete(api, Ref.of(group)) == apply.DELETED
-    assert apply.read(api, Ref.of(group)) is None
-    apply.delete(api, _ns_ref("apply-b"))
+    wait_for(lambda: _gone(api, Ref.of(group)), WAIT, "the DaskWorkerGroup to be gone")
+    apply.delete(api, _ns_ref(ns))
 
 
-def test_create_of_an_existing_object_is_a_409(api):
-    apply.create(api, _namespace("apply-c"))
+def test_create_of_an_existing_object_is_a_409(api, namespaces):
+    ns = namespaces()
+    apply.create(api, _namespace(ns))
     with pytest.raises(kubernetes.client.ApiException) as info:
-        apply.create(api, _namespace("apply-c"))
+        apply.create(api, _namespace(ns))
     assert info.value.status == 409
-    apply.delete(api, _ns_ref("apply-c"))
+    assert json.loads(info.value.body)["reason"] == "AlreadyExists"
+    apply.delete(api, _ns_ref(ns))
 
 
-def test_objects_without_the_managed_by_label_are_never_deleted(api, kube):
-    apply.create(api, _namespace("someone-elses", {"team": "risk"}))
+def test_objects_without_the_managed_by_label_are_never_deleted(api, namespaces):
+    ns = namespaces()
+    apply.create(api, _namespace(ns, {"team": "risk"}))
     with pytest.raises(NotManaged, match="app.kubernetes.io/managed-by=recc"):
-        apply.delete(api, _ns_ref("someone-elses"))
-    assert kube.get_object("namespaces", "someone-elses") is not None
-    assert not [c for c in kube.calls if c.verb == "delete" and c.name == "someone-elses"]
+        apply.delete(api, _ns_ref(ns))
+    # No delete was sent: the namespace is there and not being deleted.
+    kept = kubernetes.client.CoreV1Api(api).read_namespace(ns)
+    assert kept.metadata.deletion_timestamp is None and kept.status.phase == "Active"
 
 
-def test_delete_errors_other_than_not_found_are_raised(api, kube):
-    apply.create(api, _namespace("apply-d"))
-    kube.inject_failure("delete", "namespaces", status=403)
-    with pytest.raises(kubernetes.client.ApiException) as info:
-        apply.delete(api, _ns_ref("apply-d"))
-    assert info.value.status == 403
-    assert apply.delete(api, _ns_ref("apply-d")) == apply.DELETED
+def test_delete_errors_other_than_not_found_are_raised(kubernetes_platform, api, namespaces):
+    """A caller RBAC lets read namespaces but not delete them gets the API server's 403."""
+    ns = namespaces()
+    apply.create(api, _namespace(ns))
+    reader = unique("namespace-reader")
+    rbac = kubernetes.client.RbacAuthorizationV1Api(api)
+    role = {
+        "metadata": {"name": reader},
+        "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}],
+    }
+    binding = {
+        "metadata": {"name": reader},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": reader},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": reader}],
+    }
+    rbac.create_cluster_role(role)
+    try:
+        rbac.create_cluster_role_binding(binding)
+        with kubernetes_platform.control_plane.api_client(user=reader) as as_reader:
+            # RBAC's informer may take a moment to see the new binding.
+            wait_for(lambda: _can_read(as_reader, _ns_ref(ns)), WAIT, "the reader's access")
+            with pytest.raises(kubernetes.client.ApiException) as info:
+                apply.delete(as_reader, _ns_ref(ns))
+        assert info.value.status == 403
+        assert apply.delete(api, _ns_ref(ns)) == apply.DELETED
+    finally:
+        for delete in (rbac.delete_cluster_role_binding, rbac.delete_cluster_role):
+            try:
+                delete(reader)
+            except kubernetes.client.ApiException as e:
+                if e.status != 404:
+                    raise
+
+
+def _can_read(api, ref: Ref) -> bool:
+    try:
+        return apply.read(api, ref) is not None
+    except kubernetes.client.ApiException as e:
+        if e.status == 403:
+            return False
+        raise
 
 
 def test_unknown_kinds_are_a_clear_error(api):

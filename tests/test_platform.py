@@ -3,12 +3,15 @@ config, and the check reports what is set and what answers (AWS through moto).""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -577,120 +580,261 @@ def test_admission_policy_confines_researchers_to_recc_namespaces(configured: di
 
 
 # ---------------------------------------------------------------------------------------------
-# Against the fake Kubernetes API server (recc.testing), with AWS on moto
+# Against the real API server of the session's test platform (kubernetes_platform, conftest.py)
 # ---------------------------------------------------------------------------------------------
+#
+# The session's platform has the platform installed already (operator, RBAC, harvester) and is
+# shared: installs here go to namespaces of their own, or put back what they changed.
+
+WAIT = 120.0
 
 
 @pytest.fixture
-def kube() -> Iterator:
-    from recc.testing import fake_kubernetes
-
-    with fake_kubernetes() as server:
-        yield server
+def admin(kubernetes_platform) -> Iterator:
+    with kubernetes_platform.control_plane.api_client() as client:
+        yield client
 
 
-def served(kube, manifests: list[dict]) -> list[dict]:
-    """The manifests whose kinds the fake API server serves."""
-    kinds = {(t.api_version, t.kind) for t in kube.types}
-    return [m for m in manifests if (m["apiVersion"], m["kind"]) in kinds]
+@pytest.fixture
+def eks(kubernetes_platform, config_dir: Path) -> Iterator:
+    """The emulated EKS cluster ``research-dask`` in eu-west-1 (what the sample outputs name):
+    moto for AWS, the caller a researcher by its access entry, the session's API server."""
+    from recc.testing import emulated_platform
+
+    with emulated_platform(
+        kubernetes=kubernetes_platform, eks_cluster_name="research-dask", region=REGION
+    ) as emulated:
+        yield emulated
+
+
+def configure_for(tmp_path: Path, kubernetes_platform) -> None:
+    """configure from the sample outputs, with the emulated cluster's endpoint (the fault proxy
+    RECC's calls go through) and CA."""
+    ca = kubernetes_platform.control_plane.ca_file.read_bytes()
+    configure(
+        tmp_path,
+        cluster_endpoint=kubernetes_platform.faults.url,
+        cluster_ca_data=base64.b64encode(ca).decode(),
+    )
+
+
+@pytest.fixture
+def fresh(configured: dict, admin) -> Iterator[tuple[dict, tuple[str, str]]]:
+    """Settings that put the operator and the harvester in two new namespaces (deleted after);
+    (settings, (operator namespace, system namespace))."""
+    import kubernetes.client
+
+    suffix = uuid.uuid4().hex[:8]
+    names = (f"install-op-{suffix}", f"install-sys-{suffix}")
+    settings = {
+        **configured,
+        "eks.operator-namespace": names[0],
+        "eks.system-namespace": names[1],
+        # Leap days only: no harvester Job starts while the test runs.
+        "eks.harvester-schedule": "0 3 29 2 *",
+    }
+    try:
+        yield settings, names
+    finally:
+        core = kubernetes.client.CoreV1Api(admin)
+        for name in names:
+            try:
+                core.delete_namespace(name)
+            except kubernetes.client.ApiException as e:
+                if e.status != 404:
+                    raise
+
+
+def in_namespaces(manifests: list[dict], names: tuple[str, ...]) -> list[dict]:
+    """The Namespaces ``names`` and the objects in them; not the cluster-scoped objects, which
+    the session's platform holds (and the operator's RBAC would follow a new namespace)."""
+    return [
+        m
+        for m in manifests
+        if m["metadata"].get("namespace") in names
+        or (m["kind"] == "Namespace" and m["metadata"]["name"] in names)
+    ]
+
+
+def _raw(api, manifest: dict) -> dict | None:
+    """The stored object of ``manifest`` as the API server's JSON, or None."""
+    import kubernetes.client
+
+    from recc.platform.install import _KUBE_APIS
+
+    api_name, suffix, namespaced = _KUBE_APIS[(manifest["apiVersion"], manifest["kind"])]
+    where = {"namespace": manifest["metadata"]["namespace"]} if namespaced else {}
+    try:
+        answer = getattr(getattr(kubernetes.client, api_name)(api), f"read_{suffix}")(
+            name=manifest["metadata"]["name"], _preload_content=False, **where
+        )
+    except kubernetes.client.ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return json.loads(answer.data)
+
+
+def _content(stored: dict) -> dict:
+    """What an apply sets: the object without its status and server-kept metadata."""
+    drop = ("resourceVersion", "managedFields", "generation", "uid", "creationTimestamp")
+    meta = {k: v for k, v in stored["metadata"].items() if k not in drop}
+    return {**{k: v for k, v in stored.items() if k != "status"}, "metadata": meta}
+
+
+@contextmanager
+def put_back(api, manifests: list[dict]) -> Iterator[None]:
+    """Afterwards, every object of ``manifests`` that changed is as it was (deleted if it was
+    not there): the session's platform outlives the test."""
+    from recc.platform.install import apply_manifest
+
+    before = [(m, _raw(api, m)) for m in manifests]
+    try:
+        yield
+    finally:
+        for manifest, was in before:
+            now = _raw(api, manifest)
+            if was is None and now is not None:
+                _delete(api, manifest)
+            elif was is not None and (now is None or _content(now) != _content(was)):
+                apply_manifest(api, _content(was))
+
+
+def _delete(api, manifest: dict) -> None:
+    import kubernetes.client
+
+    from recc.platform.install import _KUBE_APIS
+
+    api_name, suffix, namespaced = _KUBE_APIS[(manifest["apiVersion"], manifest["kind"])]
+    where = {"namespace": manifest["metadata"]["namespace"]} if namespaced else {}
+    getattr(getattr(kubernetes.client, api_name)(api), f"delete_{suffix}")(
+        name=manifest["metadata"]["name"], **where
+    )
 
 
 def test_check_is_ready_when_sts_eks_and_kubernetes_answer(
-    config_dir: Path, tmp_path: Path, aws: None, kube
+    tmp_path: Path, eks, kubernetes_platform, admin
 ) -> None:
-    make_eks_cluster("research-dask")
-    configure(tmp_path, cluster_endpoint=kube.url)
+    import kubernetes.client
+
+    configure_for(tmp_path, kubernetes_platform)
+    served = kubernetes.client.VersionApi(admin).get_code().git_version
 
     report = platform.check_platform()
     by_name = {f.name: f for f in report.findings}
+    assert by_name["aws: sts get-caller-identity"].detail == eks.caller_arn
     assert by_name["kubernetes: /version"].status == platform.OK
-    assert by_name["kubernetes: /version"].detail == f"{kube.url}: v1.32.0"
-    assert report.ok
+    assert by_name["kubernetes: /version"].detail == f"{kubernetes_platform.faults.url}: {served}"
+    assert report.ok, report.findings
 
     result = CliRunner().invoke(platform_cli.app, ["check"])
     assert result.exit_code == 0, result.output
     assert "ready" in result.output and "not ready" not in result.output
 
 
-def test_install_applies_then_reapplies_the_platform(configured: dict, kube) -> None:
+def test_install_applies_then_reapplies_the_platform(fresh, admin) -> None:
     import kubernetes.client
 
-    manifests = served(kube, platform.platform_manifests(configured, "0.1.0"))
-    assert {m["kind"] for m in manifests} >= {"Namespace", "ServiceAccount", "ClusterRole",
-                                               "ClusterRoleBinding", "Deployment", "CronJob",
-                                               "ConfigMap"}  # fmt: skip
-    api = kube.api_client()
+    settings, names = fresh
+    manifests = in_namespaces(platform.platform_manifests(settings, "0.1.0"), names)
+    assert {m["kind"] for m in manifests} == {
+        "Namespace", "ServiceAccount", "Deployment", "Role", "RoleBinding", "ConfigMap", "CronJob"
+    }  # fmt: skip
+    operator_ns, system_ns = names
 
-    first = platform.install_platform(api, manifests)
+    first = platform.install_platform(admin, manifests)
     assert [a.action for a in first] == ["created"] * len(manifests)
-    batch = kubernetes.client.BatchV1Api(api)
-    cron = batch.read_namespaced_cron_job("recc-harvester", "recc")
-    assert cron.spec.schedule == "*/10 * * * *"
-    account = kubernetes.client.CoreV1Api(api).read_namespaced_service_account(
-        "recc-harvester", "recc"
+    batch = kubernetes.client.BatchV1Api(admin)
+    cron = batch.read_namespaced_cron_job("recc-harvester", system_ns)
+    assert cron.spec.schedule == "0 3 29 2 *"
+    account = kubernetes.client.CoreV1Api(admin).read_namespaced_service_account(
+        "recc-harvester", system_ns
     )
     assert account.metadata.annotations["eks.amazonaws.com/role-arn"].endswith("recc-harvester")
-    deployment = kubernetes.client.AppsV1Api(api).read_namespaced_deployment(
-        "dask-kubernetes-operator", "dask-operator"
+    deployment = kubernetes.client.AppsV1Api(admin).read_namespaced_deployment(
+        "dask-kubernetes-operator", operator_ns
     )
     assert deployment.spec.template.spec.service_account_name == "dask-kubernetes-operator"
 
     # Re-running after a Terraform change updates in place.
-    changed = served(kube, platform.platform_manifests(
-        {**configured, "eks.harvester-schedule": "0 * * * *"}, "0.1.0"))  # fmt: skip
-    second = platform.install_platform(api, changed)
+    changed = in_namespaces(platform.platform_manifests(
+        {**settings, "eks.harvester-schedule": "0 4 29 2 *"}, "0.1.0"), names)  # fmt: skip
+    second = platform.install_platform(admin, changed)
     assert [a.action for a in second] == ["updated"] * len(manifests)
-    assert batch.read_namespaced_cron_job("recc-harvester", "recc").spec.schedule == "0 * * * *"
-    assert len(kube.objects("cronjobs", "recc")) == 1
+    assert batch.read_namespaced_cron_job("recc-harvester", system_ns).spec.schedule == (
+        "0 4 29 2 *"
+    )
+    assert len(batch.list_namespaced_cron_job(system_ns).items) == 1
 
 
-def test_a_failed_install_says_what_was_applied_and_a_rerun_finishes(
-    configured: dict, kube
-) -> None:
-    manifests = served(kube, platform.platform_manifests(configured, "0.1.0"))
-    api = kube.api_client()
-    kube.inject_failure("create", "cronjobs", status=500, times=1)
+def test_a_failed_install_says_what_was_applied_and_a_rerun_finishes(fresh, admin) -> None:
+    """The harvester's namespace has a quota of no CronJobs (made before install): the API
+    server refuses the CronJob, which install applies last."""
+    import kubernetes.client
+    from helpers import wait_for
+
+    settings, names = fresh
+    system_ns = names[1]
+    manifests = in_namespaces(platform.platform_manifests(settings, "0.1.0"), names)
+    assert manifests[-1]["kind"] == "CronJob"
+    core = kubernetes.client.CoreV1Api(admin)
+    core.create_namespace({"metadata": {"name": system_ns}})
+    quota = {"metadata": {"name": "no-cronjobs"}, "spec": {"hard": {"count/cronjobs.batch": "0"}}}
+    core.create_namespaced_resource_quota(system_ns, quota)
+    wait_for(
+        lambda: core.read_namespaced_resource_quota("no-cronjobs", system_ns).status.hard,
+        WAIT,
+        "the quota controller to count CronJobs",
+    )
 
     with pytest.raises(
-        BackendError, match=r"applying CronJob/recc-harvester failed: HTTP 500"
+        BackendError, match=r"applying CronJob/recc-harvester failed: HTTP 403 Forbidden"
     ) as e:
-        platform.install_platform(api, manifests)
+        platform.install_platform(admin, manifests)
+    assert "exceeded quota: no-cronjobs" in str(e.value)
     assert "Applied before it: " in str(e.value)
     assert "ConfigMap/recc-platform" in str(e.value)
     assert "re-run recc platform install" in str(e.value)
-    assert kube.objects("cronjobs", "recc") == []
+    batch = kubernetes.client.BatchV1Api(admin)
+    assert batch.list_namespaced_cron_job(system_ns).items == []
 
-    again = platform.install_platform(api, manifests)
-    assert again[-1] == platform.Applied("CronJob", "recc-harvester", "recc", "created")
+    core.delete_namespaced_resource_quota("no-cronjobs", system_ns)
+    again = platform.install_platform(admin, manifests)
+    assert again[-1] == platform.Applied("CronJob", "recc-harvester", system_ns, "created")
     assert {a.action for a in again[:-1]} == {"updated"}
 
 
-def test_cli_install_against_the_platform(
-    config_dir: Path, tmp_path: Path, aws: None, kube
-) -> None:
-    make_eks_cluster("research-dask")
-    configure(tmp_path, cluster_endpoint=kube.url)
-    manifests = platform.platform_manifests(platform.platform_settings(), platform.recc_version())
-    unserved = [m for m in manifests if m not in served(kube, manifests)]
+def test_cli_install_against_the_platform(tmp_path: Path, eks, kubernetes_platform, admin) -> None:
+    """`recc platform install` as a platform admin (EKS's cluster admin access policy) over the
+    installed platform: every object is applied again, with the configured settings."""
+    import kubernetes.client
 
-    result = CliRunner().invoke(platform_cli.app, ["install", "--json"])
-    if not unserved:
+    from recc.testing.eks_auth import AccessEntry, AccessPolicy
+
+    kubernetes_platform.auth.set_entries(
+        [AccessEntry(eks.caller_arn, policies=(AccessPolicy("AmazonEKSClusterAdminPolicy"),))]
+    )
+    configure_for(tmp_path, kubernetes_platform)
+    manifests = platform.platform_manifests(platform.platform_settings(), platform.recc_version())
+    assert {m["metadata"].get("namespace") for m in manifests} == {None, "dask-operator", "recc"}
+
+    core = kubernetes.client.CoreV1Api(admin)
+    role_arn = "eks.amazonaws.com/role-arn"
+    installed = core.read_namespaced_service_account("recc-harvester", "recc")
+    with put_back(admin, manifests):
+        result = CliRunner().invoke(platform_cli.app, ["install", "--json"])
         assert result.exit_code == 0, result.output
-        assert len(json.loads(result.output)) == len(manifests)
-    else:
-        # The fake serves no CRDs / admission policies yet: install must stop at the first one
-        # it cannot apply, say so, and have applied only what came before it.
-        first = unserved[0]
-        assert result.exit_code == 1
-        assert f"applying {first['kind']}/{first['metadata']['name']} failed: HTTP 404" in (
-            result.output
+        applied = json.loads(result.output)
+        assert [(a["kind"], a["name"]) for a in applied] == [
+            (m["kind"], m["metadata"]["name"]) for m in manifests
+        ]
+        assert {a["action"] for a in applied} == {"updated"}  # the session installed them all
+        account = core.read_namespaced_service_account("recc-harvester", "recc")
+        assert account.metadata.annotations[role_arn] == (
+            "arn:aws:iam::123456789012:role/research-dask-recc-harvester"
         )
-        index = manifests.index(first)
-        for m in served(kube, manifests[:index]):
-            assert kube.get_object(m["kind"], m["metadata"]["name"], m["metadata"].get("namespace"))
-        for m in served(kube, manifests[index + 1 :]):
-            name, namespace = m["metadata"]["name"], m["metadata"].get("namespace")
-            assert kube.get_object(m["kind"], name, namespace) is None, name
+    restored = core.read_namespaced_service_account("recc-harvester", "recc")
+    assert restored.metadata.annotations[role_arn] == installed.metadata.annotations[role_arn]
 
 
 def test_recc_plan_uses_the_platform_configure_wrote(config_dir: Path, aws: None) -> None:
