@@ -25,7 +25,7 @@ from recc.kube.connect import (
 )
 from recc.tls import create_cluster_tls
 
-PORTS = [{"name": "tcp-comm", "port": 8786}, {"name": "http-dashboard", "port": 8787}]
+PORTS = [{"name": "tcp-comm", "port": 8786}, {"name": "https-dashboard", "port": 8787}]
 
 
 def service(kind: str = "LoadBalancer", ingress: list | None = None, ports=PORTS) -> dict:

@@ -175,6 +175,10 @@ class KubernetesPlatform:
         }
         with self.control_plane.api_client() as api:
             install_platform(api, platform_manifests(settings, "0.1.0"))
+            # Tests harvest when they choose: the scheduled harvester would run real AWS calls.
+            kubernetes.client.BatchV1Api(api).patch_namespaced_cron_job(
+                "recc-harvester", settings["eks.system-namespace"], {"spec": {"suspend": True}}
+            )
             _wait_available(api, settings["eks.operator-namespace"], "dask-kubernetes-operator")
 
 

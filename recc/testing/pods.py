@@ -121,10 +121,11 @@ class PodRunner:
 
     def sync(self, pods: list[dict[str, Any]]) -> None:
         """Bring every process in line with ``pods`` (the Pods bound to this agent's Nodes)."""
-        seen = set()
+        seen = {pod["metadata"]["uid"] for pod in pods}
+        # Gone first: a Pod force-deleted and made again under its name reuses its directory.
+        for uid in list(self._pods.keys() - seen):
+            self._forget(self._pods[uid], grace=0)  # force-deleted or moved away
         for pod in pods:
-            uid = pod["metadata"]["uid"]
-            seen.add(uid)
             try:
                 self._sync_pod(pod)
             except ApiException as e:
@@ -135,8 +136,6 @@ class PodRunner:
                         pod["metadata"]["name"],
                         e.reason,
                     )
-        for uid in list(self._pods.keys() - seen):
-            self._forget(self._pods[uid], grace=0)  # force-deleted or moved away
 
     def hosts_changed(self) -> None:
         """Rewrite every running Pod's ``/etc/hosts`` (a Service came or went)."""
