@@ -42,13 +42,13 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-def spawn_command(
-    argv: list[str], log: Path, env: dict[str, str], cwd: Path, tied: bool = False
-) -> dict[str, Any]:
-    """Start the program ``argv`` detached, as :func:`spawn` does; ``tied=True`` ends it when
-    the calling thread ends (:func:`die_with_parent`)."""
+def start_detached(
+    argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None, tied: bool = False
+) -> subprocess.Popen[bytes]:
+    """The one way RECC starts a process that must not hold its caller's terminal: its own
+    session and process group, no stdin, stdout and stderr appended to ``log``."""
     with open(log, "ab") as out:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -59,6 +59,14 @@ def spawn_command(
             cwd=cwd,
             preexec_fn=die_with_parent if tied else None,
         )
+
+
+def spawn_command(
+    argv: list[str], log: Path, env: dict[str, str], cwd: Path, tied: bool = False
+) -> dict[str, Any]:
+    """Start the program ``argv`` detached, as :func:`spawn` does; ``tied=True`` ends it when
+    the calling thread ends (:func:`die_with_parent`)."""
+    process = start_detached(argv, log, env, cwd, tied)
     try:
         created = psutil.Process(process.pid).create_time()
     except psutil.NoSuchProcess:

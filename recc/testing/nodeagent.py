@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import random
 import subprocess
 import threading
@@ -35,6 +36,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from recc.errors import BackendError
+from recc.procs import start_detached
 from recc.testing.nodes import NodegroupView, NodeSync
 from recc.testing.pods import PodRunner
 from recc.testing.services import (
@@ -128,22 +130,21 @@ class NodeAgent:
         cert, key, client_ca = self._kubelet_tls
         port_file = self.directory / "kubelet.port"
         port_file.unlink(missing_ok=True)
-        with open(self.directory / "recc-kubelet.log", "ab") as log:
-            self._kubelet = subprocess.Popen(
-                [
-                    str(self._kubelet_binary),
-                    "--listen=127.0.0.1:0",
-                    f"--port-file={port_file}",
-                    f"--tls-cert-file={cert}",
-                    f"--tls-private-key-file={key}",
-                    f"--client-ca-file={client_ca}",
-                    f"--pods-dir={self.directory / 'pods'}",
-                    "--exit-with-parent",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self._kubelet = start_detached(
+            [
+                str(self._kubelet_binary),
+                "--listen=127.0.0.1:0",
+                f"--port-file={port_file}",
+                f"--tls-cert-file={cert}",
+                f"--tls-private-key-file={key}",
+                f"--client-ca-file={client_ca}",
+                f"--pods-dir={self.directory / 'pods'}",
+                "--exit-with-parent",
+            ],
+            self.directory / "recc-kubelet.log",
+            dict(os.environ),
+            tied=True,
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if port_file.is_file() and port_file.read_text().strip():

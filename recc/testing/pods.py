@@ -47,7 +47,7 @@ from typing import Any
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
-from recc.procs import die_with_parent
+from recc.procs import start_detached
 from recc.testing.podspec import (
     PodNotReady,
     command_line,
@@ -420,17 +420,9 @@ class PodRunner:
             "recc.testing.podinit",
             str(spec_file),
         ]
-        with open(log, "ab") as out:
-            container.process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                preexec_fn=die_with_parent,
-            )
+        container.process = start_detached(
+            argv, log, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, tied=True
+        )
         container.started_at = now()
         container.terminated = None
         container.next_start = 0.0
