@@ -360,3 +360,19 @@ def test_an_idle_cluster_is_shut_down_by_the_operator(platform, apis):
         )
     finally:
         cluster.close()
+
+
+def test_down_then_up_of_one_name_at_once(platform, apis):
+    """Kubernetes keeps a deleted namespace Terminating while it finalizes its content: `recc
+    down` returns only once it is gone, so the same name can be created again at once."""
+    from recc import RECCClient, RECCCluster
+    from recc.clusters import delete_cluster
+
+    small = {"worker_memory": "1GiB", "worker_cpu": 1, "scheduler_memory_GiB": 1}
+    first = RECCCluster(backend="eks", name="recc-again", n_workers=1, **small)
+    first.shutdown_on_close = False
+    first.close()
+    assert delete_cluster("recc-again", "eks")
+    with RECCCluster(backend="eks", name="recc-again", n_workers=1, **small) as again:
+        with RECCClient(again) as client:
+            assert client.submit(sum, [20, 22]).result() == 42
