@@ -370,6 +370,9 @@ _KUBE_APIS: dict[tuple[str, str], tuple[str, str, bool]] = {
 }  # fmt: skip
 
 
+_CONFLICT_RETRIES = 5
+
+
 @dataclass(frozen=True)
 class Applied:
     """One object ``install`` applied: ``created`` or ``updated``."""
@@ -395,13 +398,19 @@ def apply_manifest(api_client: Any, manifest: Mapping[str, Any]) -> Applied:
     except ApiException as e:
         if e.status != 409:
             raise
-    existing = getattr(api, f"read_{suffix}")(name=name, **where)
-    body = {
-        **manifest,
-        "metadata": {**manifest["metadata"], "resourceVersion": existing.metadata.resource_version},
-    }
-    getattr(api, f"replace_{suffix}")(name=name, body=body, **where)
-    return Applied(manifest["kind"], name, where.get("namespace"), "updated")
+    # Replace at the version just read; a controller writing the object in between (a
+    # Deployment's status, say) makes that a 409 Conflict: read again and retry, as kubectl does.
+    for attempt in range(_CONFLICT_RETRIES):
+        existing = getattr(api, f"read_{suffix}")(name=name, **where)
+        version = existing.metadata.resource_version
+        body = {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": version}}
+        try:
+            getattr(api, f"replace_{suffix}")(name=name, body=body, **where)
+            return Applied(manifest["kind"], name, where.get("namespace"), "updated")
+        except ApiException as e:
+            if e.status != 409 or attempt == _CONFLICT_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def install_platform(api_client: Any, manifests: list[dict[str, Any]]) -> list[Applied]:
