@@ -85,8 +85,7 @@ def core(admin) -> kubernetes.client.CoreV1Api:
     return kubernetes.client.CoreV1Api(admin)
 
 
-@pytest.fixture
-def namespace(core) -> Iterator[str]:
+def fresh_namespace(core) -> Iterator[str]:
     """A fresh namespace, deleted when the test ends."""
     name = unique()
     try:
@@ -95,13 +94,8 @@ def namespace(core) -> Iterator[str]:
         delete_namespace(core, name)
 
 
-@pytest.fixture
-def other_namespace(core) -> Iterator[str]:
-    name = unique()
-    try:
-        yield create_namespace(core, name)
-    finally:
-        delete_namespace(core, name)
+namespace = pytest.fixture(fresh_namespace, name="namespace")
+other_namespace = pytest.fixture(fresh_namespace, name="other_namespace")
 
 
 def kubectl_env(kubernetes_platform) -> dict[str, str]:
