@@ -307,6 +307,44 @@ def test_objects_without_the_managed_by_label_are_never_deleted(api, namespaces)
     assert kept.metadata.deletion_timestamp is None and kept.status.phase == "Active"
 
 
+def test_the_delete_guard_holds_when_the_object_is_replaced_after_its_check(
+    api, namespaces, monkeypatch
+):
+    """Between RECC's check (managed by RECC) and its delete, somebody replaces the object
+    with one of their own under the same name: the API server refuses the delete (409: the
+    uid precondition fails), RECC looks again, and the foreign object is left alone."""
+    ns = namespaces()
+    apply.create(api, _namespace(ns))
+    core = kubernetes.client.CoreV1Api(api)
+    name = "settings"
+    ref = Ref("v1", "ConfigMap", name, ns)
+    apply.create(
+        api,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns, "labels": MANAGED},
+        },
+    )
+    real_read, replaced = apply.read, []
+
+    def read_then_replace(api_, ref_):
+        found = real_read(api_, ref_)
+        if ref_ == ref and not replaced:  # only after the first check
+            core.delete_namespaced_config_map(name, ns)
+            core.create_namespaced_config_map(
+                ns, {"metadata": {"name": name, "labels": {"team": "risk"}}, "data": {"k": "v"}}
+            )
+            replaced.append(True)
+        return found
+
+    monkeypatch.setattr(apply, "read", read_then_replace)
+    with pytest.raises(NotManaged, match="lacks the label"):
+        apply.delete(api, ref)
+    kept = core.read_namespaced_config_map(name, ns)
+    assert kept.data == {"k": "v"} and kept.metadata.deletion_timestamp is None
+
+
 def test_delete_errors_other_than_not_found_are_raised(kubernetes_platform, api, namespaces):
     """A caller RBAC lets read namespaces but not delete them gets the API server's 403."""
     ns = namespaces()

@@ -70,6 +70,14 @@ class Ref:
         return f"kubectl delete {self.kind.lower()} {self.name}{namespace}"
 
 
+UNAUTHENTICATED = (
+    "the Kubernetes API does not know your AWS identity (HTTP 401 Unauthorized): it needs an "
+    "EKS access entry on the cluster (your platform team adds it: researcher_principal_arns "
+    "in RECC's Terraform module), or your credentials expired; `recc platform check` shows "
+    "who you are"
+)
+
+
 @dataclass(frozen=True)
 class _Kind:
     """How the client reaches one kind."""
@@ -80,6 +88,14 @@ class _Kind:
     custom: tuple[str, str, str] | None = None  # CustomObjectsApi: (group, version, plural)
 
     def call(self, api: Any, verb: str, namespace: str | None, **kwargs: Any) -> Any:
+        try:
+            return self._call(api, verb, namespace, **kwargs)
+        except ApiException as e:
+            if e.status == 401:  # no caller can do anything about it but the user
+                raise BackendError(UNAUTHENTICATED) from e
+            raise
+
+    def _call(self, api: Any, verb: str, namespace: str | None, **kwargs: Any) -> Any:
         client = self.api_class(api)
         kwargs.setdefault("_request_timeout", request_timeout())
         if self.custom is not None:
@@ -159,7 +175,7 @@ def list_objects(
     return items
 
 
-def delete(api: Any, ref: Ref) -> str:
+def delete(api: Any, ref: Ref, attempts: int = 3) -> str:
     """Delete the object if RECC manages it: :data:`DELETED`, :data:`DELETING` (it was being
     deleted already) or :data:`ABSENT` (nothing there). Raises :class:`NotManaged` for an
     object without ``app.kubernetes.io/managed-by=recc``, and ``ApiException`` otherwise."""
@@ -184,7 +200,9 @@ def delete(api: Any, ref: Ref) -> str:
     except ApiException as e:
         if e.status == 404:
             return ABSENT
-        if e.status == 409:  # e.g. a namespace that is terminating already
-            return DELETING
+        if e.status == 409 and attempts > 1:
+            # The object changed since it was checked: another object under the same name
+            # (the precondition failed), or a deletion began. Check again what is there now.
+            return delete(api, ref, attempts - 1)
         raise
     return DELETED
