@@ -1,11 +1,15 @@
-"""The harvester on the emulated EKS platform: moto for AWS, RECC's fake Kubernetes API, and
-DaskClusters realised as real scheduler and worker processes.
+"""The harvester on the emulated EKS platform: moto for AWS, a real control plane with the
+real dask-kubernetes operator, and Pods run as real scheduler and worker processes.
+
+The harvester acts as its own identity: a session of its IAM role, known to the API server by
+the role's access entry (the harvester's group, bound by `recc platform install` to its
+ClusterRole and Role), so the RBAC RECC renders for it is what the API server enforces.
 
 One scenario, as the issue checks it: the six local cases again (busy, a client connected,
-truly idle, protected, scheduler killed, past its max lifetime), plus orphans made by deleting
-one part of a cluster by hand, resources without RECC's tags that must be left alone, and a
-failure injected midway through a reap that the next pass finishes; then two harvesters at
-once. Smaller tests cover the lock, fail-closed discovery and protection marks.
+truly idle, protected, a scheduler that hangs, past its max lifetime), plus orphans made by
+deleting one part of a cluster by hand, resources without RECC's tags that must be left alone,
+and a failure injected midway through a reap that the next pass finishes; then two harvesters
+at once. Smaller tests cover the lock, fail-closed discovery and protection marks.
 """
 
 from __future__ import annotations
@@ -32,18 +36,20 @@ from recc.clusters import delete_cluster
 from recc.errors import BackendError, ClusterNotFound
 from recc.harvest import eks as harvest_eks
 from recc.harvest.audit import read_reaps
-from recc.harvest.manifests import AWS_PERMISSIONS, harvester_manifests, permits
+from recc.harvest.manifests import AWS_PERMISSIONS
 from recc.harvest.reap import harvest
+from recc.kube.client import api_client
 from recc.ledger import Ledger
-from recc.platform import platform_settings
-from recc.testing.platform import emulated_platform
+from recc.testing.controlplane import audited_calls
+from recc.testing.platform import HARVESTER_GROUP, emulated_platform
 
 FAST = {**cases.FAST, "recc.harvest.unreachable-grace": 0, "recc.harvest.lock-wait": 60}
 CLUSTERS = {
     **cases.six_states("recc"),
     "recc-orph-ng": {},  # its node group is deleted by hand
     "recc-orph-ns": {},  # its namespace is deleted by hand
-    # Shuts itself down (its scheduler's own idle timeout, long enough to finish starting).
+    # Shut down idle by the operator (its autoshutdown deletes the DaskCluster; the timeout is
+    # long enough to finish starting): the namespace and node group are left to the harvester.
     "recc-selfidle": {"idle_timeout": "15s"},
 }
 
@@ -89,29 +95,39 @@ def foreign_still_there(platform) -> bool:
     ec2, eks = boto3.client("ec2"), boto3.client("eks")
     templates = ec2.describe_launch_templates(LaunchTemplateNames=["recc-foreign-default"])
     groups = eks.list_nodegroups(clusterName=platform.eks_cluster_name)["nodegroups"]
-    namespace = platform.kube.get_object("namespaces", "recc-foreign")
-    return bool(templates["LaunchTemplates"]) and "recc-foreign-default" in groups and namespace
+    return (
+        bool(templates["LaunchTemplates"])
+        and "recc-foreign-default" in groups
+        and "recc-foreign" in namespace_names(platform)
+    )
 
 
-def assert_least_privilege_suffices(platform) -> None:
-    """Every call the harvest passes made is allowed by the harvester's rendered RBAC and
-    listed among its AWS permissions (what the CronJob's identity is granted)."""
-    settings = {
-        **platform_settings(lambda key: None),
-        "image": "ghcr.io/dask/dask:2026.8.0-py3.11",
-        "eks.harvester-role-arn": "arn:aws:iam::123456789012:role/recc-harvester",
-    }
-    objects = harvester_manifests(settings, "0.1.0")
-    verbs = {"replace": "update"}
-    custom = {"daskclusters", "daskworkergroups"}
-    kube = {(verbs.get(c.verb, c.verb), c.resource, c.namespace) for c in platform.kube.calls}
-    denied = [
-        call
-        for call in kube
-        if not permits(objects, *call, group="kubernetes.dask.org" if call[1] in custom else "")
-    ]
-    assert not denied, denied
-    made = {(verb, resource) for verb, resource, _ in kube}
+def namespace_names(platform) -> set[str]:
+    core = kubernetes.client.CoreV1Api(platform.api_client())
+    return {n.metadata.name for n in core.list_namespace().items}
+
+
+def dask_clusters(platform, namespace: str) -> list[dict]:
+    custom = kubernetes.client.CustomObjectsApi(platform.api_client())
+    found = custom.list_namespaced_custom_object(
+        "kubernetes.dask.org", "v1", namespace, "daskclusters"
+    )
+    return found["items"]
+
+
+def harvester_events(platform) -> list[dict]:
+    return platform.kubernetes.control_plane.audit_events(group=HARVESTER_GROUP)
+
+
+def assert_least_privilege_suffices(platform, seen: int) -> None:
+    """The API server refused none of the harvester's requests after the first ``seen`` (its
+    identity has only the RBAC RECC renders for it), and every AWS call is listed among its
+    permissions."""
+    events = harvester_events(platform)[seen:]
+    calls = audited_calls(events)
+    refused = [call for call in calls if call[2] in (401, 403)]
+    assert calls and not refused, refused
+    made = {(verb, resource) for verb, resource, _ in calls}
     assert {
         ("list", "namespaces"),
         ("get", "secrets"),
@@ -133,27 +149,12 @@ def deleted_audits(audits: list[dict]) -> list[dict]:
 def idled_out(platform, cluster: str) -> bool:
     """Whether ``cluster``'s Dask side is gone (its processes too) and its namespace is not."""
     return (
-        not platform.kube.objects("daskclusters", cluster)
-        and not [p for p in platform.processes() if p.cluster == cluster]
-        and platform.kube.get_object("namespaces", cluster) is not None
+        not dask_clusters(platform, cluster)
+        and not [pod for namespace, pod, _ in platform.processes() if namespace == cluster]
+        and cluster in namespace_names(platform)
     )
 
 
-def scheduler_pod_phase(platform, cluster: str) -> str | None:
-    pods = [
-        p
-        for p in platform.kube.objects("pods", cluster)
-        if (p["metadata"].get("labels") or {}).get("dask.org/component") == "scheduler"
-    ]
-    return pods[0].get("status", {}).get("phase") if pods else None
-
-
-@pytest.mark.xfail(
-    run=False,
-    reason="issue 12, open: on the real control plane the harvester must run as its own "
-    "identity (the harvester group or ServiceAccount); as the researcher it may not write its "
-    "locks in namespace recc",
-)
 def test_harvest_on_the_emulated_platform(platform):
     try:
         first, *others = CLUSTERS
@@ -168,17 +169,20 @@ def test_harvest_on_the_emulated_platform(platform):
             cases.start_a_long_task(client)
         code, output = run_cli("protect", "recc-protected", "--backend", "eks")
         assert code == 0, output
+        # A scheduler that hangs: a scheduler that dies is restarted by its Deployment, one that
+        # stops answering (a deadlock, a GC storm) stays Running and is what the harvester meets.
         [scheduler] = [
-            p
-            for p in platform.processes()
-            if p.cluster == "recc-killed" and p.component == "scheduler"
+            pid
+            for namespace, pod, pid in platform.processes()
+            if namespace == "recc-killed" and "-scheduler-" in pod
         ]
-        os.kill(scheduler.pid, signal.SIGKILL)
-        wait_for(lambda: scheduler_pod_phase(platform, "recc-killed") == "Failed", 30, "pod Failed")
+        os.killpg(scheduler, signal.SIGSTOP)
         boto3.client("eks").delete_nodegroup(
             clusterName=platform.eks_cluster_name, nodegroupName="recc-orph-ng-default"
         )
         kubernetes.client.CoreV1Api(platform.api_client()).delete_namespace("recc-orph-ns")
+        wait_for(lambda: "recc-orph-ns" not in namespace_names(platform), 120,
+                 "namespace recc-orph-ns to be gone")  # fmt: skip
         time.sleep(2.0)  # past recc-expired's 2 s max lifetime and the 1 s idle timeout
         # recc-selfidle's scheduler closes itself, its workers follow, and the operator deletes
         # its DaskCluster: what is left (namespace, node group) is the harvester's to remove.
@@ -191,13 +195,15 @@ def test_harvest_on_the_emulated_platform(platform):
             connected_client.callback(connected.close)
             client = connected_client.enter_context(Client(connected))
             platform.clear_calls()  # from here on, what the harvester calls (and a little more)
+            seen = len(harvester_events(platform))
             # A dry run with a long unreachable grace: the killed scheduler is only noted.
-            with dask.config.set({**FAST, "recc.harvest.unreachable-grace": "1h"}):
+            grace = {**FAST, "recc.harvest.unreachable-grace": "1h"}
+            with dask.config.set(grace), platform.as_harvester():
                 code, dry = run_cli("harvest", "--backend", "eks", "--json")
             assert code == 0, dry
             planned = cases.rows_by_cluster(dry)
             assert planned["recc-killed"]["category"] == "waiting"
-            assert "the scheduler pod is Failed" in planned["recc-killed"]["reason"]
+            assert "the scheduler has not answered" in planned["recc-killed"]["reason"]
             memory = harvest_eks.ConfigMapMemory(platform.api_client).load()
             assert "unreachable_since" in memory["recc-killed"]
 
@@ -205,7 +211,7 @@ def test_harvest_on_the_emulated_platform(platform):
             platform.inject_failure(
                 aws=("eks", "DeleteNodegroup"), code="AccessDeniedException", status=403
             )
-            with dask.config.set(FAST):
+            with dask.config.set(FAST), platform.as_harvester():
                 code, done = run_cli("harvest", "--backend", "eks", "--yes", "--json")
             first = cases.rows_by_cluster(done)
             assert code == 1  # one reap failed, and the exit code says so
@@ -221,7 +227,6 @@ def test_harvest_on_the_emulated_platform(platform):
                 "recc-selfidle": ("reap", "unreachable", "unreachable: its DaskCluster is gone"),
             }
             cases.assert_decisions(first, expected)  # the foreign look-alikes are not RECC clusters
-            assert "the scheduler pod is Failed" in first["recc-killed"]["reason"]
             # Reaps go by $/h, then name: recc-expired met the injected failure.
             assert first["recc-expired"]["outcome"].startswith("failed: ")
             assert "AccessDeniedException" in first["recc-expired"]["outcome"]
@@ -236,7 +241,7 @@ def test_harvest_on_the_emulated_platform(platform):
             assert foreign_still_there(platform)
 
             # The next pass finishes the interrupted reap (recc-expired lost its namespace).
-            with dask.config.set(FAST):
+            with dask.config.set(FAST), platform.as_harvester():
                 second = harvest("eks", dry_run=False)
             rows = {r.decision.cluster: r for r in second.rows}
             assert set(rows) == {"recc-busy", "recc-client", "recc-protected", "recc-expired"}
@@ -248,7 +253,7 @@ def test_harvest_on_the_emulated_platform(platform):
             assert rows["recc-protected"].decision.category == "protected"
             assert foreign_still_there(platform)
 
-            assert_least_privilege_suffices(platform)
+            assert_least_privilege_suffices(platform, seen)
 
             # Nothing of the reaped clusters is left, on either side.
             reaped = {
@@ -262,10 +267,10 @@ def test_harvest_on_the_emulated_platform(platform):
                 t["LaunchTemplateName"]
                 for t in boto3.client("ec2").describe_launch_templates()["LaunchTemplates"]
             }
-            namespaces = {n["metadata"]["name"] for n in platform.kube.objects("namespaces")}
+            namespaces = namespace_names(platform)
             for name in reaped:
                 assert f"{name}-default" not in groups | templates and name not in namespaces
-            assert not [p for p in platform.processes() if p.cluster in reaped]
+            assert not [pod for namespace, pod, _ in platform.processes() if namespace in reaped]
 
             # The busy cluster still computes.
             with Client(busy) as computing:
@@ -283,7 +288,7 @@ def test_harvest_on_the_emulated_platform(platform):
             with dask.config.set(FAST):
                 return harvest("eks", dry_run=False)
 
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(2) as pool, platform.as_harvester():
             both = [f.result() for f in [pool.submit(one_pass) for _ in range(2)]]
         for name in ("recc-client", "recc-protected"):
             seen = [r for report in both for r in report.rows if r.decision.cluster == name]
@@ -317,48 +322,61 @@ def test_harvest_on_the_emulated_platform(platform):
 
 def test_discovery_that_fails_decides_nothing(platform):
     platform.inject_failure(kube=("list", "namespaces"), times=None)
-    with dask.config.set(FAST):
+    with dask.config.set(FAST), platform.as_harvester():
         code, output = run_cli("harvest", "--backend", "eks", "--yes")
     assert code == 2
     assert "cannot list RECC's resources (nothing was decided)" in output
 
 
-@pytest.mark.xfail(
-    run=False, reason="issue 12, open: the locks become coordination.k8s.io Leases (issue 20)"
-)
+def lock_config_map(platform, name: str) -> dict | None:
+    core = kubernetes.client.CoreV1Api(platform.api_client())
+    try:
+        return core.read_namespaced_config_map(f"recc-harvest-lock-{name}", "recc").to_dict()
+    except kubernetes.client.ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
 def test_the_lock_is_exclusive_and_an_expired_one_is_taken_over(platform):
-    api = platform.api_client()
+    with platform.as_harvester():  # the harvester's own RBAC: its Role in namespace recc
+        api = api_client()
     first = harvest_eks.ConfigMapLock(api, "recc-lock", "alice@a pid 1")
     second = harvest_eks.ConfigMapLock(api, "recc-lock", "bob@b pid 2")
     with first.held(wait=0) as holder:
         assert holder is None
         with second.held(wait=0) as other:
             assert other == "alice@a pid 1"
-    assert platform.kube.get_object("configmaps", "recc-harvest-lock-recc-lock", "recc") is None
+    assert lock_config_map(platform, "recc-lock") is None
     # A harvester that died leaves its lock; once the lease runs out, another takes it over.
     with dask.config.set({"recc.harvest.lock-lease": "0"}):
         stale, _ = first.acquire()
         assert stale is not None
     taken, holder = second.acquire()
     assert taken is not None and holder is None
-    current = platform.kube.get_object("configmaps", "recc-harvest-lock-recc-lock", "recc")
+    current = lock_config_map(platform, "recc-lock")
     assert current["data"]["holder"] == "bob@b pid 2"
     first.release(stale)  # no longer its lock: left alone
-    assert platform.kube.get_object("configmaps", "recc-harvest-lock-recc-lock", "recc")
+    assert lock_config_map(platform, "recc-lock")
     second.release(taken)
-    assert platform.kube.get_object("configmaps", "recc-harvest-lock-recc-lock", "recc") is None
+    assert lock_config_map(platform, "recc-lock") is None
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="issue 12, open: deleting namespace recc would break the shared platform; needs a "
-    "harvester namespace of its own",
-)
-def test_the_lock_needs_the_harvester_namespace(platform):
-    kubernetes.client.CoreV1Api(platform.api_client()).delete_namespace("recc")
-    lock = harvest_eks.ConfigMapLock(platform.api_client(), "recc-x", "alice@a pid 1")
-    with pytest.raises(BackendError, match="namespace recc .* does not exist.*platform install"):
-        lock.acquire()
+@pytest.mark.parametrize("as_harvester", [True, False], ids=["harvester", "administrator"])
+def test_the_lock_needs_the_harvester_namespace(platform, as_harvester):
+    # A platform without its harvester namespace: to the harvester's identity the namespace's
+    # Role is missing too (403), to an administrator the namespace is (404).
+    with dask.config.set({"recc.eks.system-namespace": "recc-system-missing"}):
+        if as_harvester:
+            with platform.as_harvester():
+                api = api_client()
+        else:
+            api = platform.api_client()
+        lock = harvest_eks.ConfigMapLock(api, "recc-x", "alice@a pid 1")
+        with pytest.raises(BackendError) as refused:
+            lock.acquire()
+    assert "namespace recc-system-missing (recc.eks.system-namespace)" in str(refused.value)
+    assert "run `recc platform install`" in str(refused.value)
 
 
 def test_protection_marks_read_from_any_part():

@@ -685,10 +685,14 @@ class ConfigMapLock:
             )
             return made.metadata.resource_version, None
         except ApiException as e:
-            if e.status == 404:
+            if e.status in (403, 404):
+                # 404: the namespace is missing. 403: so is the harvester's Role there (RBAC
+                # answers before the namespace is looked up), or it was never installed.
+                missing = "does not exist" if e.status == 404 else "gives this identity no Role"
                 raise BackendError(
                     f"cannot take the harvest lock: namespace {self.namespace} "
-                    "(recc.eks.system-namespace) does not exist; run `recc platform install`"
+                    f"(recc.eks.system-namespace) {missing}; run `recc platform install` "
+                    "(it makes the namespace and the harvester's Role in it)"
                 ) from e
             if e.status != 409:
                 raise BackendError(f"cannot take the harvest lock {self.name}: {e}") from e

@@ -3,6 +3,11 @@
 ``assets`` builds (or finds) the Kubernetes binaries the platform runs and prints their
 directory (see :mod:`recc.testing.assets`).
 
+``token --cluster-name NAME`` prints an ExecCredential with an EKS token for boto3's
+credentials, as ``aws eks get-token`` does: the credential plugin of the served platform's
+researcher and harvester kubeconfigs (``RECC_TESTING_RESEARCHER_KUBECONFIG``,
+``RECC_TESTING_HARVESTER_KUBECONFIG``), so kubectl acts as they do.
+
 ``serve`` runs the emulated platform on loopback for other processes. It prints
 ``export NAME=value`` lines (moto's endpoint, fake credentials and region for boto3;
 ``DASK_RECC__*`` for RECC; ``KUBECONFIG`` and ``PATH`` for kubectl) once everything is up,
@@ -71,6 +76,29 @@ def serve(
     return 0
 
 
+def token(cluster_name: str) -> int:
+    """Print an ``ExecCredential`` (client.authentication.k8s.io/v1) for kubectl."""
+    import datetime as dt
+    import json
+
+    import boto3
+
+    from recc.kube.auth import eks_token
+
+    # Short of EKS's 15 minutes: kubectl asks again before the server would refuse it.
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=10)
+    credential = {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "kind": "ExecCredential",
+        "status": {
+            "token": eks_token(cluster_name, boto3.Session()),
+            "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    }
+    print(json.dumps(credential))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m recc.testing", description="RECC's emulated platform for tests."
@@ -92,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument(
         "--state-dir", type=Path, help="RECC state directory to export (default: a temporary one)"
     )
+    token_parser = commands.add_parser(
+        "token", help="print an ExecCredential with an EKS token (as `aws eks get-token`)"
+    )
+    token_parser.add_argument("--cluster-name", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     if args.command == "assets":
@@ -104,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(paths["recc-kubelet"].parent)
         return 0
+    if args.command == "token":
+        return token(args.cluster_name)
     return serve(args.port_file, args.region, args.eks_cluster_name, args.state_dir)
 
 

@@ -22,6 +22,8 @@ Example
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import ssl
@@ -64,6 +66,52 @@ ADMISSION_PLUGINS = (
     "ValidatingAdmissionWebhook",
 )
 START_TIMEOUT = 120.0
+# What the audit log keeps: every request of a user or a workload (researchers, the harvester,
+# the operator), at metadata level; none of the control plane's, the nodes' or the
+# administrator's own (they would be most of it).
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted"],
+    "rules": [
+        {
+            "level": "None",
+            "userGroups": [
+                "system:masters",
+                "system:nodes",
+                "system:serviceaccounts:kube-system",
+            ],
+        },
+        {
+            "level": "None",
+            "users": [
+                "system:apiserver",
+                "system:kube-controller-manager",
+                "system:kube-scheduler",
+            ],
+        },
+        {"level": "Metadata"},
+    ],
+}
+
+
+def audited_calls(events: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """(verb, resource, HTTP status) of each audit event, in order: a subresource as
+    ``pods/log``, a request for no resource as its path. Pure.
+
+    >>> audited_calls([{"verb": "get", "requestURI": "/api/v1/namespaces/a/pods/p/log",
+    ...                 "objectRef": {"resource": "pods", "subresource": "log"},
+    ...                 "responseStatus": {"code": 403}},
+    ...                {"verb": "get", "requestURI": "/readyz", "responseStatus": {"code": 200}}])
+    [('get', 'pods/log', 403), ('get', '/readyz', 200)]
+    """
+    calls = []
+    for event in events:
+        ref = event.get("objectRef") or {}
+        resource = "/".join(filter(None, (ref.get("resource"), ref.get("subresource"))))
+        path = event.get("requestURI", "").split("?")[0]
+        calls.append((event["verb"], resource or path, event["responseStatus"]["code"]))
+    return calls
 
 
 def _free_port() -> int:
@@ -185,6 +233,31 @@ class ControlPlane:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: one JSON ``Event`` per request (see ``AUDIT_POLICY``)."""
+        return self.directory / "audit.log"
+
+    def audit_events(
+        self, user: str | None = None, group: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The audit log's events so far, oldest first; only those of ``user`` (its
+        ``user.username``, e.g. an EKS access entry's user name) or of a member of ``group``
+        when given."""
+        events = []
+        with contextlib.suppress(FileNotFoundError), self.audit_log.open() as lines:
+            for line in lines:
+                if not line.endswith("\n"):
+                    break  # the server is writing it
+                event = json.loads(line)
+                who = event.get("user") or {}
+                if user is not None and who.get("username") != user:
+                    continue
+                if group is not None and group not in (who.get("groups") or ()):
+                    continue
+                events.append(event)
+        return events
+
     def running(self) -> list[dict[str, Any]]:
         """References to the control plane's processes that still run."""
         return [p for p in self._processes if procs.alive(p)]
@@ -270,6 +343,9 @@ class ControlPlane:
             "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=false",
             "--profiling=false",
+            f"--audit-policy-file={self._write_audit_policy()}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
             "--v=1",
         ]
         if self._webhooks is not None:
@@ -285,6 +361,11 @@ class ControlPlane:
                 "--authorization-webhook-cache-unauthorized-ttl=1s",
             ]
         self._spawn("kube-apiserver", [*args, f"--authorization-mode={authorization}"])
+
+    def _write_audit_policy(self) -> Path:
+        path = self.directory / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
+        return path
 
     def _wait_ready(self) -> None:
         cert, key = self.credentials("recc-admin", ("system:masters",))

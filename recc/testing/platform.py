@@ -26,11 +26,12 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from typing import Any
 import boto3
 import dask.config
 import kubernetes.client
+import yaml
 
 from recc.errors import BackendError
 from recc.platform.install import install_platform, platform_manifests, platform_settings
@@ -74,6 +76,8 @@ SYSTEM_NODEGROUP = NodegroupView(
 RESEARCHER = "researcher"
 RESEARCHER_GROUP = "recc-researchers"
 HARVESTER_GROUP = "recc-harvester"
+# The harvester's IAM role, as RECC's Terraform module names it (its access entry names it).
+HARVESTER_ROLE = "recc-harvester"
 NAMESPACE_PREFIX = "recc-"
 OPERATOR_TIMEOUT = 120.0
 # Where `recc platform install` puts the operator and the harvester (its defaults).
@@ -169,7 +173,8 @@ class KubernetesPlatform:
     def _install(self) -> None:
         settings = {
             **platform_settings(),
-            "eks.harvester-role-arn": "arn:aws:iam::123456789012:role/recc-harvester",
+            # moto's account: the role emulated_platform() creates.
+            "eks.harvester-role-arn": f"arn:aws:iam::123456789012:role/{HARVESTER_ROLE}",
             "eks.cluster-name": "recc-emulated",
             "eks.region": "us-east-1",
         }
@@ -219,6 +224,8 @@ class _Base:
     node_role_arn: str
     caller_arn: str
     credentials: dict[str, str]
+    harvester_role_arn: str
+    harvester_credentials: dict[str, str]
 
 
 class EmulatedPlatform:
@@ -236,6 +243,9 @@ class EmulatedPlatform:
         The IAM role node groups run as.
     caller_arn : str
         Who boto3's credentials are (a researcher, by its access entry).
+    harvester_role_arn : str
+        The harvester's IAM role (its access entry: the harvester's Kubernetes group); see
+        :meth:`as_harvester`.
     state_dir : Path
         RECC's state directory for the platform's lifetime.
     aws_endpoint_url : str
@@ -250,8 +260,10 @@ class EmulatedPlatform:
         region: str,
         state_dir: Path,
         aws_endpoint_url: str,
+        workdir: Path,
     ) -> None:
         self.kubernetes = kube
+        self._workdir = workdir
         self._faults = AWSFaults(record=self._record_aws)
         self.eks_cluster_name = eks_cluster_name
         self.region = region
@@ -261,7 +273,9 @@ class EmulatedPlatform:
         self.security_groups = base.security_groups
         self.node_role_arn = base.node_role_arn
         self.caller_arn = base.caller_arn
+        self.harvester_role_arn = base.harvester_role_arn
         self._credentials = base.credentials
+        self._harvester_credentials = base.harvester_credentials
         self.state_dir = state_dir
         self.aws_endpoint_url = aws_endpoint_url
         self._lock = threading.Lock()
@@ -271,6 +285,60 @@ class EmulatedPlatform:
     def kubeconfig(self) -> Path:
         """An administrator's kubeconfig for kubectl."""
         return self.kubernetes.kubeconfig
+
+    @contextmanager
+    def as_harvester(self) -> Iterator[None]:
+        """Act as the harvester for the block: boto3's credentials (RECC's AWS calls and its
+        EKS tokens) are a session of the harvester's IAM role, so the API server knows the
+        caller by the role's access entry, as a platform engineer's `recc harvest` or the
+        harvester's pod is known on EKS."""
+        saved_session, boto3.DEFAULT_SESSION = boto3.DEFAULT_SESSION, None
+        try:
+            with _environ(self._harvester_credentials):
+                yield
+        finally:
+            boto3.DEFAULT_SESSION = saved_session
+
+    def kubeconfig_of(self, who: str) -> Path:
+        """A kubeconfig that authenticates as ``who`` (``"researcher"`` or ``"harvester"``)
+        the way EKS users do: a credential plugin (``python -m recc.testing token``) signs an
+        EKS token with that identity's AWS credentials, so kubectl gets what RECC gets."""
+        credentials = {"researcher": self._credentials, "harvester": self._harvester_credentials}
+        if who not in credentials:
+            raise ValueError(f"who: {who!r} is not one of {sorted(credentials)}")
+        env = {
+            "AWS_ENDPOINT_URL": self.aws_endpoint_url,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            **credentials[who],
+        }
+        plugin = {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": sys.executable,
+            "args": ["-m", "recc.testing", "token", "--cluster-name", self.eks_cluster_name],
+            "env": [{"name": k, "value": v} for k, v in env.items()],
+            "interactiveMode": "Never",
+        }
+        control_plane = self.kubernetes.control_plane
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": self.eks_cluster_name,
+                    "cluster": {
+                        "server": control_plane.url,
+                        "certificate-authority": str(control_plane.ca_file),
+                    },
+                }
+            ],
+            "users": [{"name": who, "user": {"exec": plugin}}],
+            "contexts": [{"name": who, "context": {"cluster": self.eks_cluster_name, "user": who}}],
+            "current-context": who,
+        }
+        path = self._workdir / f"{who}.kubeconfig"
+        write_private(path, yaml.safe_dump(config, sort_keys=False).encode())  # credentials
+        return path
 
     def api_client(
         self, user: str = "recc-admin", groups: tuple[str, ...] = ()
@@ -384,6 +452,8 @@ class EmulatedPlatform:
             "AWS_EC2_METADATA_DISABLED": "true",
             "DASK_RECC__BACKEND": "eks",
             "KUBECONFIG": str(self.kubeconfig),
+            "RECC_TESTING_RESEARCHER_KUBECONFIG": str(self.kubeconfig_of("researcher")),
+            "RECC_TESTING_HARVESTER_KUBECONFIG": str(self.kubeconfig_of("harvester")),
             "PATH": f"{assets}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         for key, value in self.dask_config().items():
@@ -393,6 +463,12 @@ class EmulatedPlatform:
             # dask reads variables with ast.literal_eval: lists as JSON-style literals.
             env[name] = json.dumps(value) if isinstance(value, list) else str(value)
         return env
+
+
+def harvester_entry(arn: str) -> AccessEntry:
+    """The harvester role's access entry in RECC's Terraform module: its Kubernetes group
+    (bound by `recc platform install` to the harvester's ClusterRole and Role), no policy."""
+    return AccessEntry(principal_arn=arn, groups=(HARVESTER_GROUP,))
 
 
 def researcher_entry(arn: str) -> AccessEntry:
@@ -471,13 +547,17 @@ def emulated_platform(
         boto3.DEFAULT_SESSION = None
 
         kubernetes.auth.cluster_name = eks_cluster_name
-        kubernetes.auth.set_entries([researcher_entry(base.caller_arn)])
+        kubernetes.auth.set_entries(
+            [researcher_entry(base.caller_arn), harvester_entry(base.harvester_role_arn)]
+        )
         stack.callback(kubernetes.auth.set_entries, [])
         kubernetes.follow_nodegroups(
             lambda: moto_nodegroups(base.account_id, region, eks_cluster_name)
         )
         stack.callback(kubernetes.follow_nodegroups, None)
-        platform = EmulatedPlatform(kubernetes, base, eks_cluster_name, region, state, endpoint)
+        platform = EmulatedPlatform(
+            kubernetes, base, eks_cluster_name, region, state, endpoint, workdir
+        )
         stack.enter_context(dask.config.set(platform.dask_config()))
         stack.enter_context(platform._faults.installed())
         stack.callback(platform.clear_failures)
@@ -538,7 +618,32 @@ def _create_base(region: str, eks_cluster_name: str) -> _Base:
         "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
     }
     account = user["Arn"].split(":")[4]
-    return _Base(account, vpc, subnets, (group,), node_role, user["Arn"], credentials)
+    # The harvester: its IAM role (IRSA on EKS; here assumed with moto's default credentials).
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    harvester = iam.create_role(
+        RoleName=HARVESTER_ROLE, AssumeRolePolicyDocument=json.dumps(trust)
+    )["Role"]["Arn"]
+    assumed = session.client("sts").assume_role(
+        RoleArn=harvester, RoleSessionName="recc-harvester", DurationSeconds=43200
+    )["Credentials"]
+    harvester_credentials = {
+        "AWS_ACCESS_KEY_ID": assumed["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": assumed["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": assumed["SessionToken"],
+    }
+    return _Base(
+        account, vpc, subnets, (group,), node_role, user["Arn"], credentials,
+        harvester, harvester_credentials,
+    )  # fmt: skip
 
 
 def _reset_moto(endpoint: str) -> None:
@@ -565,7 +670,7 @@ def _aws_environment(workdir: Path, region: str) -> Iterator[None]:
 
 
 @contextmanager
-def _environ(values: dict[str, str | None]) -> Iterator[None]:
+def _environ(values: Mapping[str, str | None]) -> Iterator[None]:
     """Set (or, for None, remove) environment variables; restore them afterwards."""
     saved = {k: os.environ.get(k) for k in values}
     try:
@@ -575,7 +680,7 @@ def _environ(values: dict[str, str | None]) -> Iterator[None]:
         _set_environ(saved)
 
 
-def _set_environ(values: dict[str, str | None]) -> None:
+def _set_environ(values: Mapping[str, str | None]) -> None:
     for key, value in values.items():
         if value is None:
             os.environ.pop(key, None)
