@@ -7,6 +7,7 @@ reused pid is never mistaken for it (and a zombie counts as gone).
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -31,22 +32,29 @@ def spawn(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> dict[st
     return spawn_command([sys.executable, "-m", *args], log, env, cwd)
 
 
-def die_with_parent() -> None:
-    """In a child before ``exec``: have the kernel SIGTERM it when the thread that started it
-    ends (Linux's PR_SET_PDEATHSIG; elsewhere nothing). For helpers that must never outlive
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child before ``exec``: have the kernel send it ``sig`` when the thread that started
+    it ends (Linux's PR_SET_PDEATHSIG; elsewhere nothing). For helpers that must never outlive
     what runs them, such as a test platform's servers when a test run is killed."""
     if sys.platform != "linux":
         return
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
 
 
 def start_detached(
-    argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None, tied: bool = False
+    argv: list[str],
+    log: Path,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    tied: bool = False,
+    tied_signal: int = signal.SIGTERM,
 ) -> subprocess.Popen[bytes]:
     """The one way RECC starts a process that must not hold its caller's terminal: its own
-    session and process group, no stdin, stdout and stderr appended to ``log``."""
+    session and process group, no stdin, stdout and stderr appended to ``log``. ``tied``: it
+    gets ``tied_signal`` when the calling thread ends (:func:`die_with_parent`)."""
+    tie = functools.partial(die_with_parent, tied_signal) if tied else None
     with open(log, "ab") as out:
         return subprocess.Popen(
             argv,
@@ -57,7 +65,7 @@ def start_detached(
             close_fds=True,
             env=env,
             cwd=cwd,
-            preexec_fn=die_with_parent if tied else None,
+            preexec_fn=tie,
         )
 
 

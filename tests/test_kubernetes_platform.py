@@ -690,3 +690,50 @@ def test_delete_with_a_stale_uid_precondition_is_a_conflict(core, namespace) -> 
     with pytest.raises(ApiException) as gone:
         core.read_namespaced_config_map("settings", namespace)
     assert gone.value.status == 404
+
+
+SLOW_SERVER = """
+import socket, time
+time.sleep(4)  # a slow start: longer than the readiness probe's failures allow
+server = socket.create_server(("0.0.0.0", 7100))
+while True:
+    server.accept()[0].close()
+"""
+
+
+def test_a_liveness_probe_waits_its_own_initial_delay(core, namespace) -> None:
+    """Each probe runs on its own schedule: a liveness probe waits its initialDelaySeconds
+    whatever the readiness probe does, so a slow starter is not killed while it starts."""
+    slow = pod(
+        "slow",
+        SLOW_SERVER,
+        ports=[7100],
+        readinessProbe={"tcpSocket": {"port": 7100}, "periodSeconds": 1, "failureThreshold": 1},
+        livenessProbe={
+            "tcpSocket": {"port": 7100},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 5,
+            "failureThreshold": 1,
+        },
+    )
+    core.create_namespaced_pod(namespace, slow)
+    wait_ready(core, namespace, "slow")
+    (status,) = core.read_namespaced_pod("slow", namespace).status.container_statuses
+    assert status.restart_count == 0
+
+
+def test_a_failing_liveness_probe_restarts_the_container(core, namespace) -> None:
+    dead = pod(
+        "deaf",
+        "import time; time.sleep(600)",
+        livenessProbe={"tcpSocket": {"port": 7101}, "periodSeconds": 1, "failureThreshold": 2},
+    )
+    core.create_namespaced_pod(namespace, dead)
+
+    def restarts() -> int:
+        statuses = core.read_namespaced_pod("deaf", namespace).status.container_statuses or []
+        return statuses[0].restart_count if statuses else 0
+
+    wait_for(lambda: restarts() >= 1, WAIT, "the container's restart")
+    (status,) = core.read_namespaced_pod("deaf", namespace).status.container_statuses
+    assert status.last_state.terminated.exit_code == 137

@@ -5,7 +5,10 @@ joining the cluster. Each round it reads the node groups of one EKS cluster from
 in-process state (no API call, so it neither shows up in recorded calls nor trips injected
 failures) and makes the API server hold one Ready Node per desired instance of each ACTIVE
 node group, labelled and tainted the way EKS labels and taints them, with the capacity and
-allocatable of its instance type. Nodes of a node group that shrank or went away are removed.
+allocatable of its instance type. Nodes of a node group that shrank or went away are drained
+first, as EKS drains a managed node group's instances before it terminates them: cordoned,
+their Pods evicted (the Eviction API, so PodDisruptionBudgets hold), and the Node removed once
+its Pods are gone (or after ``DRAIN_TIMEOUT``, where EKS would give up on a budget and force).
 
 :func:`desired_nodes` is the pure part: node groups in, Node objects out.
 """
@@ -215,6 +218,7 @@ class NodeSync:
         self.region = region
         self._kubelet_port = kubelet_port
         self._renewed: dict[str, float] = {}
+        self._draining: dict[str, float] = {}  # node -> when its drain began (monotonic)
         self.names: set[str] = set()
 
     def sync(self) -> None:
@@ -227,13 +231,19 @@ class NodeSync:
             n.metadata.name: n
             for n in self.core.list_node(label_selector=f"{_EMULATED_LABEL}=true").items
         }
+        draining = set()
         for name in sorted(have.keys() - wanted.keys()):
             try:
-                self.core.delete_node(name)
+                if self._drained(have[name]):
+                    self.core.delete_node(name)
+                    self._renewed.pop(name, None)
+                    self._draining.pop(name, None)
+                else:
+                    draining.add(name)
+                    self._renew(name)  # its kubelet runs until the instance is terminated
             except ApiException as e:
-                if e.status != 404:
+                if e.status not in (404, 409, 429):  # gone, raced, or a budget: next round
                     raise
-            self._renewed.pop(name, None)
         for name, node in sorted(wanted.items()):
             node["status"]["daemonEndpoints"] = {"kubeletEndpoint": {"Port": self._kubelet_port()}}
             node["status"]["nodeInfo"] = _NODE_INFO
@@ -256,7 +266,30 @@ class NodeSync:
             except ApiException as e:
                 if e.status not in (404, 409):  # raced with another change; next round
                     raise
-        self.names = set(wanted)
+        self.names = set(wanted) | draining
+
+    def _drained(self, node: Any) -> bool:
+        """One round of draining ``node``: cordon it and evict its Pods; whether it may go."""
+        name = node.metadata.name
+        started = self._draining.setdefault(name, time.monotonic())
+        if time.monotonic() - started > DRAIN_TIMEOUT:
+            logger.warning("node %s: not drained in %.0f s; removed anyway", name, DRAIN_TIMEOUT)
+            return True
+        if not node.spec.unschedulable:
+            self.core.patch_node(name, {"spec": {"unschedulable": True}})
+        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}").items
+        left = [p for p in pods if p.status.phase not in ("Succeeded", "Failed")]
+        for pod in left:
+            if pod.metadata.deletion_timestamp is None:
+                eviction = {
+                    "apiVersion": "policy/v1",
+                    "kind": "Eviction",
+                    "metadata": {"name": pod.metadata.name, "namespace": pod.metadata.namespace},
+                }
+                self.core.create_namespaced_pod_eviction(
+                    pod.metadata.name, pod.metadata.namespace, eviction
+                )
+        return not left
 
     def _renew(self, name: str) -> None:
         if time.monotonic() - self._renewed.get(name, -1e9) < _RENEW_EVERY:
@@ -284,6 +317,8 @@ class NodeSync:
 
 
 _RENEW_EVERY = 10.0
+# EKS waits up to 15 minutes for a PodDisruptionBudget; a test platform should not.
+DRAIN_TIMEOUT = 120.0
 _NODE_INFO = {
     "machineID": "",
     "systemUUID": "",

@@ -75,7 +75,10 @@ class _Container:
     terminated: dict[str, Any] | None = None
     next_start: float = 0.0
     ready: bool = False
-    next_probe: float = 0.0
+    # Each probe runs on its own schedule, as the kubelet's: its initialDelaySeconds after
+    # the start, then every periodSeconds (monotonic times).
+    next_readiness: float = 0.0
+    next_liveness: float = 0.0
     probe_failures: int = 0
     live_failures: int = 0
 
@@ -406,8 +409,9 @@ class PodRunner:
         fd = os.open(spec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(spec, f)
-        # unshare forks the container and, should unshare die (it does when the agent's
-        # thread does: see _die_with_parent), sends it SIGTERM: no container outlives its agent.
+        # unshare forks the container and, should unshare die, sends it SIGTERM (--kill-child).
+        # unshare itself ignores SIGTERM while it waits for the container, so the kernel
+        # SIGKILLs it when the agent's thread ends: no container outlives its agent.
         argv = [
             "unshare",
             "--mount",
@@ -421,14 +425,21 @@ class PodRunner:
             str(spec_file),
         ]
         container.process = start_detached(
-            argv, log, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, tied=True
+            argv,
+            log,
+            {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            tied=True,
+            tied_signal=signal.SIGKILL,
         )
         container.started_at = now()
         container.terminated = None
         container.next_start = 0.0
-        probe = container.spec.get("readinessProbe")
-        container.ready = probe is None
-        container.next_probe = time.monotonic() + float((probe or {}).get("initialDelaySeconds", 0))
+        started = time.monotonic()
+        readiness = container.spec.get("readinessProbe") or {}
+        liveness = container.spec.get("livenessProbe") or {}
+        container.ready = not readiness
+        container.next_readiness = started + float(readiness.get("initialDelaySeconds", 0))
+        container.next_liveness = started + float(liveness.get("initialDelaySeconds", 0))
         container.probe_failures = container.live_failures = 0
 
     # -- probes -----------------------------------------------------------------------------
@@ -436,15 +447,11 @@ class PodRunner:
     def _probe(self, pod: _Pod, container: _Container) -> None:
         if container.process is None or container.process.poll() is not None:
             return
-        if time.monotonic() < container.next_probe:
-            return
+        now_m = time.monotonic()
         readiness = container.spec.get("readinessProbe")
         liveness = container.spec.get("livenessProbe")
-        period = float((readiness or liveness or {}).get("periodSeconds", 10))
-        container.next_probe = time.monotonic() + min(
-            period, 2.0 if not container.ready else period
-        )
-        if readiness is not None:
+        if readiness is not None and now_m >= container.next_readiness:
+            container.next_readiness = now_m + float(readiness.get("periodSeconds", 10))
             if self._check(pod, container, readiness):
                 container.probe_failures = 0
                 container.ready = True
@@ -452,7 +459,8 @@ class PodRunner:
                 container.probe_failures += 1
                 if container.probe_failures >= int(readiness.get("failureThreshold", 3)):
                     container.ready = False
-        if liveness is not None and container.started_at is not None:
+        if liveness is not None and now_m >= container.next_liveness:
+            container.next_liveness = now_m + float(liveness.get("periodSeconds", 10))
             if self._check(pod, container, liveness):
                 container.live_failures = 0
             else:
