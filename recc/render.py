@@ -205,12 +205,14 @@ def _resources(pod: Capacity) -> dict[str, str]:
 
 
 def _quota(plan: NodePlan) -> Capacity:
-    """Every pod of the plan, plus room to replace one node's workers while the old pods
-    terminate (a spot interruption, a failed node)."""
+    """Every pod of the plan, plus room to replace the scheduler and one node's workers while
+    the old pods terminate (a failed node, a spot interruption, a restarted scheduler): a
+    pod being deleted counts against the quota until its grace period ends."""
     pods = [plan.scheduler] + [_times(g.worker, g.n_workers) for g in plan.groups]
     room = [_times(g.worker, min(g.workers_per_node, g.n_workers)) for g in plan.groups]
     return Capacity(
-        *(sum(getattr(p, f.name) for p in pods) + max(getattr(r, f.name) for r in room)
+        *(sum(getattr(p, f.name) for p in pods) + getattr(plan.scheduler, f.name)
+          + max(getattr(r, f.name) for r in room)
           for f in fields(Capacity))
     )  # fmt: skip
 

@@ -24,6 +24,8 @@ from helpers import processes_under, wait_for
 from kubernetes.client.rest import ApiException
 
 from recc.testing import emulated_platform
+from recc.testing.controlplane import audited_calls
+from recc.testing.platform import RESEARCHER_GROUP
 
 
 def with_children(pids: list[int]) -> list[psutil.Process]:
@@ -267,6 +269,8 @@ def test_recc_cluster_on_the_eks_backend_runs_end_to_end_and_leaves_nothing(plat
         for phase in ("nodegroup-active", "nodes-ready", "scheduler-reachable", "workers-joined")
     }
     managed = "app.kubernetes.io/managed-by=recc"
+    audit = platform.kubernetes.control_plane
+    seen = len(audit.audit_events(group=RESEARCHER_GROUP))
     with dask.config.set(timeouts):
         with RECCCluster(backend="eks", n_workers=4) as cluster, RECCClient(cluster) as client:
             name = cluster.name
@@ -295,8 +299,20 @@ def test_recc_cluster_on_the_eks_backend_runs_end_to_end_and_leaves_nothing(plat
     assert templates == []
     assert core.list_namespace(label_selector=managed).items == []
     wait_for(lambda: node_names(core, f"{name}-default") == [], what="the cluster's nodes")
-
-
+    # Every call RECC made ran as the researcher (its EKS token, its access entry's group and
+    # namespaced admin policy) and none was refused: the role RECC's Terraform and platform
+    # install grant is enough for the whole lifecycle.
+    calls = audited_calls(audit.audit_events(group=RESEARCHER_GROUP)[seen:])
+    refused = [call for call in calls if call[2] in (401, 403)]
+    assert not refused, refused
+    made = {(verb, resource) for verb, resource, _ in calls}
+    assert {
+        ("create", "namespaces"),
+        ("create", "secrets"),
+        ("create", "rolebindings"),
+        ("create", "daskclusters"),
+        ("delete", "namespaces"),
+    } <= made, made
 
 
 def test_scale_down_through_the_real_operator_retires_workers_gracefully_and_loses_no_task(
@@ -341,7 +357,8 @@ def test_an_idle_cluster_is_shut_down_by_the_operator(platform, apis):
 
     custom = kubernetes.client.CustomObjectsApi(platform.api_client())
     small = {"worker_memory": "1GiB", "worker_cpu": 1, "scheduler_memory_GiB": 1}
-    cluster = RECCCluster(backend="eks", n_workers=1, idle_timeout="5s", **small)
+    # Longer than the start takes: the operator's idle check runs from the scheduler's start.
+    cluster = RECCCluster(backend="eks", n_workers=1, idle_timeout="30s", **small)
     try:
 
         def gone() -> bool:
@@ -353,7 +370,7 @@ def test_an_idle_cluster_is_shut_down_by_the_operator(platform, apis):
                 return e.status == 404
             return False
 
-        wait_for(gone, timeout=120, what="the idle cluster's DaskCluster to be deleted")
+        wait_for(gone, timeout=180, what="the idle cluster's DaskCluster to be deleted")
         wait_for(
             lambda: not [p for p in platform.processes() if p[0] == cluster.name],
             what="the idle cluster's Pods to stop",
@@ -376,3 +393,87 @@ def test_down_then_up_of_one_name_at_once(platform, apis):
     with RECCCluster(backend="eks", name="recc-again", n_workers=1, **small) as again:
         with RECCClient(again) as client:
             assert client.submit(sum, [20, 22]).result() == 42
+
+
+def component_pods(core, namespace: str, component: str) -> list:
+    selector = f"dask.org/component={component}"
+    return core.list_namespaced_pod(namespace, label_selector=selector).items
+
+
+def replica_failures(platform, namespace: str) -> str | None:
+    from recc.backends.eks import pods_refused
+
+    apps = kubernetes.client.AppsV1Api(platform.api_client())
+    replica_sets = apps.list_namespaced_replica_set(namespace).items
+    return pods_refused([platform.api_client().sanitize_for_serialization(r) for r in replica_sets])
+
+
+def test_the_quota_admits_a_scheduler_restart_and_a_worker_replacement(platform, apis):
+    """The ResourceQuota RECC renders holds every pod of the plan and room for replacements
+    while the old pods terminate: a scheduler and a worker deleted at once are both replaced,
+    and the client, whose port-forward follows the new scheduler pod, computes again."""
+    from recc import RECCClient, RECCCluster
+    from recc.backends.eks import pod_ready
+
+    core, _ = apis
+    with RECCCluster(backend="eks", n_workers=2) as cluster, RECCClient(cluster) as client:
+        name = cluster.name
+        [scheduler] = component_pods(core, name, "scheduler")
+        worker = component_pods(core, name, "worker")[0]
+        for pod in (scheduler, worker):
+            core.delete_namespaced_pod(pod.metadata.name, name)
+        gone = {scheduler.metadata.name, worker.metadata.name}
+
+        def replaced() -> bool:
+            fresh = [
+                p
+                for p in component_pods(core, name, "scheduler")
+                + component_pods(core, name, "worker")
+                if p.metadata.name not in gone
+            ]
+            ready = [p for p in fresh if pod_ready(client_api.sanitize_for_serialization(p))]
+            return len(ready) == 3
+
+        client_api = platform.api_client()
+        wait_for(replaced, 120, "a new scheduler pod and two Ready worker pods")
+        assert replica_failures(platform, name) is None
+        quota = core.read_namespaced_resource_quota("recc-quota", name)
+        assert int(quota.status.used["pods"]) <= int(quota.spec.hard["pods"])
+        # The new scheduler starts empty; the workers find it through its Service.
+        wait_for(
+            lambda: len(client.scheduler_info(n_workers=-1)["workers"]) == 2,
+            120,
+            "both workers to join the restarted scheduler",
+        )
+        assert client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
+
+
+def test_a_cluster_its_quota_refuses_fails_in_up_with_a_clear_error_and_leaves_nothing(
+    platform, apis, monkeypatch
+):
+    """When the quota is smaller than the pods (a platform's sidecar injector or policy
+    adds to each pod's requests; here the rendered quota is cut by hand), `recc up` says the
+    API server refused the pods and why, rolls back, and leaves nothing."""
+    import dataclasses
+
+    from helpers import run_cli
+
+    from recc import render
+
+    sized = render._quota
+    monkeypatch.setattr(
+        render, "_quota", lambda plan: dataclasses.replace(sized(plan), pods=2)
+    )
+    core, _ = apis
+    code, output = run_cli(
+        "up", "--backend", "eks", "--name", "recc-overquota", "--n-workers", "3", "--yes"
+    )
+    assert code != 0, output
+    assert "refuses to create the pods of cluster recc-overquota" in output, output
+    assert "exceeded quota: recc-quota" in output, output
+    assert "Traceback" not in output
+    eks = boto3.client("eks")
+    groups = eks.list_nodegroups(clusterName=platform.eks_cluster_name)["nodegroups"]
+    assert groups == ["system"]
+    assert [n for n in core.list_namespace().items if n.metadata.name == "recc-overquota"] == []
+    wait_for(lambda: platform.processes() == [], what="the cluster's processes to stop")

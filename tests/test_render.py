@@ -331,7 +331,8 @@ def test_quota_and_container_resources_match_the_plan(name: str) -> None:
         assert option(container["args"], "--nthreads") == str(max(1, int(group.worker_cpu)))
         assert option(container["args"], "--memory-limit") == str(group.worker_memory)
 
-    # Every pod of the plan, plus one node's worth of the group with the largest such share.
+    # Every pod of the plan, plus a second scheduler and one node's worth of the group with
+    # the largest such share (replacements, while the old pods terminate).
     def total(field: str) -> int:
         pods_total = getattr(plan.scheduler, field) + sum(
             getattr(g.worker, field) * g.n_workers for g in plan.groups
@@ -339,7 +340,7 @@ def test_quota_and_container_resources_match_the_plan(name: str) -> None:
         room = max(
             getattr(g.worker, field) * min(g.workers_per_node, g.n_workers) for g in plan.groups
         )
-        return pods_total + room
+        return pods_total + getattr(plan.scheduler, field) + room
 
     hard = one(docs, "ResourceQuota")["spec"]["hard"]
     assert hard["pods"] == str(total("pods"))

@@ -262,7 +262,12 @@ class EKSBackend:
         saga.run(
             "workers joined",
             lambda: self._wait_workers(
-                waiter, route.address, tls.security(), spec.total_workers, progress
+                waiter,
+                route.address,
+                tls.security(),
+                spec.total_workers,
+                progress,
+                lambda: _check_pods_admitted(conn, name),
             ),
         )
         state.save(record)
@@ -342,6 +347,7 @@ class EKSBackend:
         found: list[Route] = []
 
         def probe() -> Observation:
+            _check_pods_admitted(conn, name)
             route = self._route(conn, name, grace, time.monotonic() - started)
             if isinstance(route, str):
                 return Observation(0, 1, route)
@@ -366,20 +372,20 @@ class EKSBackend:
             return "the scheduler's load balancer has no reachable address yet"
         if route.kind != PORT_FORWARD:
             return route
-        pods = apply.list_objects(
-            conn.api,
-            "v1",
-            "Pod",
-            name,
-            label_selector=f"dask.org/cluster-name={name},dask.org/component=scheduler",
-        )
-        ready = [p for p in pods if pod_ready(p)]
-        if not ready:
+        if _ready_scheduler_pod(conn.api, name) is None:
             return "no reachable load balancer, and the scheduler pod is not Ready yet"
-        pod = ready[0]["metadata"]["name"]
+
+        def scheduler_pod(api: Any) -> str:  # asked per connection: it follows a restart
+            pod = _ready_scheduler_pod(api, name)
+            if pod is None:
+                raise BackendError(f"cluster {name} has no Ready scheduler pod")
+            return pod
+
         ports = {"comm": route.port, "dashboard": route.dashboard_port}
         local = {
-            part: self._forward(f"{name}/{part}", kubernetes_opener(conn.api, name, pod, port))
+            part: self._forward(
+                f"{name}/{part}", kubernetes_opener(conn.api, name, scheduler_pod, port)
+            )
             for part, port in ports.items()
             if port
         }
@@ -399,15 +405,26 @@ class EKSBackend:
             forward.stop()
 
     def _wait_workers(
-        self, waiter: Waiter, address: str, security: Security, wanted: int, progress: Progress
+        self,
+        waiter: Waiter,
+        address: str,
+        security: Security,
+        wanted: int,
+        progress: Progress,
+        check: Callable[[], None],
     ) -> None:
+        """Wait until ``wanted`` workers joined; ``check()`` raises when they never will."""
         from distributed import Client
 
         timeout, setting = _timeout("workers-joined", 600)
         with Client(address, security=security, timeout=min(timeout, 60)) as client:
 
             def probe() -> Observation:
-                return Observation(len(client.scheduler_info(n_workers=-1)["workers"]), wanted)
+                check()
+                workers = client.scheduler_info(n_workers=-1).get("workers")
+                if workers is None:  # the client is reconnecting: a scheduler restart
+                    return Observation(0, wanted, "the scheduler does not answer")
+                return Observation(len(workers), wanted)
 
             waiter.until("workers joined", probe, timeout, progress, setting, _transient)
 
@@ -446,11 +463,16 @@ class EKSBackend:
             apply.patch(
                 conn.api, namespace_ref(record.name), {"metadata": {"annotations": annotations}}
             )
-        if n_workers > 0 and record.scheduler_address:
-            total = n_workers + sum(g.n_workers for g in spec.worker_groups)
-            self._wait_workers(
-                waiter, record.scheduler_address, self.security(record), total, no_progress
-            )
+            if n_workers > 0 and record.scheduler_address:
+                total = n_workers + sum(g.n_workers for g in spec.worker_groups)
+                self._wait_workers(
+                    waiter,
+                    record.scheduler_address,
+                    self.security(record),
+                    total,
+                    no_progress,
+                    lambda: _check_pods_admitted(conn, record.name),
+                )
         state.save(record)
         return record
 
@@ -755,6 +777,47 @@ def _annotate_namespace(
                     VCPUS_ANNOTATION: f"{record.vcpus:g}",
                 }
             )
+
+
+def _ready_scheduler_pod(api: Any, name: str) -> str | None:
+    """The name of a Ready scheduler pod of cluster ``name``, or None."""
+    selector = f"dask.org/cluster-name={name},dask.org/component=scheduler"
+    pods = apply.list_objects(api, "v1", "Pod", name, label_selector=selector)
+    ready = [p for p in pods if pod_ready(p)]
+    return ready[0]["metadata"]["name"] if ready else None
+
+
+def pods_refused(replica_sets: list[dict[str, Any]]) -> str | None:
+    """Why Kubernetes refuses to create a cluster's pods, from its ReplicaSets (the operator's
+    Deployments make them), or None. The ReplicaSet controller reports a refused create (an
+    exceeded ResourceQuota, a Pod Security violation) as a ``ReplicaFailure`` condition and
+    retries forever; waiting longer would not help. Pure.
+
+    >>> pods_refused([{"metadata": {"name": "c-scheduler-5d8"}, "status": {"conditions": [
+    ...     {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+    ...      "message": "pods is forbidden: exceeded quota: recc-quota"}]}}])
+    'ReplicaSet c-scheduler-5d8: pods is forbidden: exceeded quota: recc-quota'
+    >>> pods_refused([{"metadata": {"name": "c-scheduler-5d8"}, "status": {}}]) is None
+    True
+    """
+    for replica_set in replica_sets:
+        for condition in (replica_set.get("status") or {}).get("conditions") or []:
+            if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+                name = replica_set["metadata"]["name"]
+                return f"ReplicaSet {name}: {condition.get('message') or condition.get('reason')}"
+    return None
+
+
+def _check_pods_admitted(conn: Connection, name: str) -> None:
+    """Raise :class:`BackendError` when Kubernetes refuses cluster ``name``'s pods."""
+    why = pods_refused(apply.list_objects(conn.api, "apps/v1", "ReplicaSet", name))
+    if why is not None:
+        raise BackendError(
+            f"Kubernetes refuses to create the pods of cluster {name}: {why}. If it is the "
+            f"cluster's ResourceQuota (kubectl describe resourcequota -n {name}): it is sized "
+            "from the plan, so a platform policy that adds to each pod's requests (a sidecar, "
+            "a LimitRange) makes it too small; ask your platform team"
+        )
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:

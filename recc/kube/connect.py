@@ -121,9 +121,15 @@ def tcp_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
         return False
 
 
-def kubernetes_opener(api: Any, namespace: str, pod: str, port: int) -> Callable[[], Any]:
+def kubernetes_opener(
+    api: Any, namespace: str, pod: str | Callable[[Any], str], port: int
+) -> Callable[[], Any]:
     """A function opening one stream to ``pod:port`` through the API server's portforward
     subresource (a websocket, as ``kubectl port-forward`` does).
+
+    ``pod``: a pod's name, or a function of an ``ApiClient`` that names the pod to reach now
+    (asked for each stream, so a forward follows a pod its Deployment replaced, where
+    ``kubectl port-forward`` stays with the pod it started on).
 
     Each stream gets its own ``ApiClient`` over ``api``'s configuration: the client's
     ``portforward`` swaps the ApiClient's ``call_api`` while it connects, so streams opened
@@ -135,9 +141,11 @@ def kubernetes_opener(api: Any, namespace: str, pod: str, port: int) -> Callable
         import kubernetes.client
         from kubernetes.stream import portforward
 
-        core = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(configuration))
+        client = kubernetes.client.ApiClient(configuration)
+        name = pod if isinstance(pod, str) else pod(client)
+        core = kubernetes.client.CoreV1Api(client)
         forward = portforward(
-            core.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port)
+            core.connect_get_namespaced_pod_portforward, name, namespace, ports=str(port)
         )
         return forward.socket(port)
 

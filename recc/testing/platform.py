@@ -438,6 +438,9 @@ class EmulatedPlatform:
             "recc.eks.scheduled-profile": None,
             # moto has no Pricing API: prices come from RECC's bundled table.
             "recc.cost.price-source": "bundled",
+            # Waits back off to a poll a second, not EKS's ten: calls on loopback are cheap
+            # and nothing here has AWS's rate limits.
+            "recc.eks.poll-interval": 1.0,
             "recc.state-dir": str(self.state_dir),
         }
 
