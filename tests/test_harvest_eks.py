@@ -50,7 +50,7 @@ CLUSTERS = {
     "recc-orph-ns": {},  # its namespace is deleted by hand
     # Shut down idle by the operator (its autoshutdown deletes the DaskCluster; the timeout is
     # long enough to finish starting): the namespace and node group are left to the harvester.
-    "recc-selfidle": {"idle_timeout": "15s"},
+    "recc-selfidle": {"idle_timeout": "40s"},
 }
 
 
@@ -62,9 +62,7 @@ def platform(recc_home: Path, kubernetes_platform):
 
 
 def make_cluster(name: str, **spec) -> None:
-    # On a loaded machine the emulated port-forward sometimes drops the TLS handshake while the
-    # backend waits for workers; the backend has rolled everything back, so a second try is safe.
-    cases.leave_running(name, attempts=2, backend="eks", **spec)
+    cases.leave_running(name, backend="eks", **spec)
 
 
 def foreign_resources(platform) -> dict[str, str]:
@@ -132,7 +130,6 @@ def assert_least_privilege_suffices(platform, seen: int) -> None:
         ("list", "namespaces"),
         ("get", "secrets"),
         ("get", "pods/portforward"),
-        ("get", "pods/log"),
         ("create", "configmaps"),
         ("delete", "daskclusters"),
         ("delete", "namespaces"),
@@ -155,6 +152,7 @@ def idled_out(platform, cluster: str) -> bool:
     )
 
 
+@pytest.mark.timeout(900)  # nine clusters made, reaped and checked on one 2-core machine
 def test_harvest_on_the_emulated_platform(platform):
     try:
         first, *others = CLUSTERS
@@ -186,7 +184,7 @@ def test_harvest_on_the_emulated_platform(platform):
         time.sleep(2.0)  # past recc-expired's 2 s max lifetime and the 1 s idle timeout
         # recc-selfidle's scheduler closes itself, its workers follow, and the operator deletes
         # its DaskCluster: what is left (namespace, node group) is the harvester's to remove.
-        wait_for(lambda: idled_out(platform, "recc-selfidle"), 90,
+        wait_for(lambda: idled_out(platform, "recc-selfidle"), 180,
                  "recc-selfidle's scheduler, workers and DaskCluster to go")  # fmt: skip
 
         with ExitStack() as connected_client:
@@ -203,7 +201,8 @@ def test_harvest_on_the_emulated_platform(platform):
             assert code == 0, dry
             planned = cases.rows_by_cluster(dry)
             assert planned["recc-killed"]["category"] == "waiting"
-            assert "the scheduler has not answered" in planned["recc-killed"]["reason"]
+            # Its readiness probe fails (a hung process answers nothing): Kubernetes says so.
+            assert "the scheduler pod is not Ready" in planned["recc-killed"]["reason"]
             memory = harvest_eks.ConfigMapMemory(platform.api_client).load()
             assert "unreachable_since" in memory["recc-killed"]
 
