@@ -1,7 +1,7 @@
-"""The EKS backend end to end on the emulated platform (moto + the fake Kubernetes API + Dask
-pods as local processes): create, compute over TLS, read everything back through boto3 and the
-kubernetes client, find again, scale, delete; and a failure injected into every call of a
-create, each followed by a check that nothing is left."""
+"""The EKS backend end to end on the emulated platform (moto, the real control plane with the
+real dask-kubernetes operator, Dask pods as local processes): create, compute over TLS, read
+everything back through boto3 and the kubernetes client, find again, scale, delete; and a
+failure injected into every call of a create, each followed by a check that nothing is left."""
 
 from __future__ import annotations
 
@@ -327,42 +327,55 @@ def _fault(call: tuple[str, str, str]) -> dict:
     return {source: (a, b), "status": 403, "code": "AccessDeniedException"}
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="issue 12, open: one full create and rollback per distinct call (about 25) takes "
-    "longer than the test's timeout on the real control plane, where every rollback waits for "
-    "its namespace to finish Terminating; to be sampled or parallelised",
-)
-def test_a_failure_in_any_create_call_leaves_nothing_behind(platform, kube):
+# Every distinct call a create makes, in order (checked against a real create below), each
+# failed in a test of its own: one create and rollback per call, each within the timeout.
+CREATE_CALLS = [
+    ("kube", "get", "namespaces"),  # is the name free
+    ("aws", "eks", "ListNodegroups"),
+    ("aws", "ec2", "DescribeLaunchTemplates"),
+    ("aws", "sts", "GetCallerIdentity"),
+    ("aws", "ec2", "CreateLaunchTemplate"),
+    ("kube", "create", "namespaces"),
+    ("aws", "eks", "CreateNodegroup"),
+    ("kube", "create", "serviceaccounts"),
+    ("kube", "create", "rolebindings"),
+    ("kube", "create", "resourcequotas"),
+    ("kube", "create", "networkpolicies"),
+    ("kube", "create", "secrets"),
+    ("kube", "create", "daskclusters"),
+    ("aws", "eks", "DescribeNodegroup"),
+    ("kube", "list", "nodes"),
+    ("kube", "list", "replicasets"),  # are the pods admitted
+    ("kube", "get", "services"),
+]
+# Where a failure of these calls must stop the create.
+FAILED_STEP = {
+    ("aws", "sts", "GetCallerIdentity"): "at step 'identity'",
+    ("aws", "eks", "CreateNodegroup"): "at step 'node group recc-fault",
+    ("kube", "create", "daskclusters"): "at step 'DaskCluster recc-fault",
+    ("kube", "list", "nodes"): "at step 'nodes ready'",
+    ("kube", "get", "services"): "at step 'scheduler reachable'",
+}
+
+
+def test_the_fault_tests_cover_every_call_a_create_makes(platform, kube):
     calls = _distinct_create_calls(platform, kube)
-    for expected in [
-        ("aws", "sts", "GetCallerIdentity"),
-        ("aws", "ec2", "CreateLaunchTemplate"),
-        ("aws", "eks", "CreateNodegroup"),
-        ("kube", "create", "namespaces"),
-        ("kube", "create", "networkpolicies"),
-        ("kube", "create", "daskclusters"),
-        ("kube", "list", "nodes"),
-        ("kube", "get", "services"),
-    ]:
-        assert expected in calls
-    outcomes = {}
-    for call in calls:
-        name = f"recc-fault-{len(outcomes)}"
-        platform.inject_failure(**_fault(call))
-        try:
-            with pytest.raises(BackendError) as info:
-                EKSBackend().create(*_record_and_estimate(name))
-        finally:
-            platform.clear_failures()
-        outcomes[call] = str(info.value)
-        assert "nothing was left behind" in outcomes[call], (call, outcomes[call])
-        assert_nothing_left(platform, kube, name)
-    assert "at step 'identity'" in outcomes[("aws", "sts", "GetCallerIdentity")]
-    assert "at step 'node group recc-fault" in outcomes[("aws", "eks", "CreateNodegroup")]
-    assert "at step 'DaskCluster recc-fault" in outcomes[("kube", "create", "daskclusters")]
-    assert "at step 'nodes ready'" in outcomes[("kube", "list", "nodes")]
-    assert "at step 'scheduler reachable'" in outcomes[("kube", "get", "services")]
+    assert set(calls) <= set(CREATE_CALLS), sorted(set(calls) - set(CREATE_CALLS))
+
+
+@pytest.mark.parametrize("call", CREATE_CALLS, ids=lambda c: " ".join(c[1:]))
+def test_a_failure_in_any_create_call_leaves_nothing_behind(platform, kube, call):
+    name = f"recc-fault-{CREATE_CALLS.index(call)}"
+    platform.inject_failure(**_fault(call))
+    try:
+        with pytest.raises(BackendError) as info:
+            EKSBackend().create(*_record_and_estimate(name))
+    finally:
+        platform.clear_failures()
+    message = str(info.value)
+    assert "nothing was left behind" in message, message
+    assert FAILED_STEP.get(call, "") in message, message
+    assert_nothing_left(platform, kube, name)
 
 
 @pytest.mark.parametrize(
