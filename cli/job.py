@@ -82,16 +82,20 @@ class _Bars:
 
 def _summary(result: AggregateResult) -> None:
     table = Table(title=f"Results in {result.output}", title_justify="left")
-    for col in ("group", "files", "status", "rows out", "MEMORY/task", "fast/aligned"):
+    for col in ("group", "files", "status", "rows out", "null keys", "MEMORY/task",
+                "fast/aligned"):
         table.add_column(col)
     for g in result.groups.values():
         table.add_row(g.group, str(g.files),
                       "[green]done[/]" if g.status == "done" else f"[red]{g.status}[/]",
-                      f"{g.rows_out:,}", f"{g.memory_mib} MiB",
+                      f"{g.rows_out:,}", f"{g.rows_skipped_null_key:,}", f"{g.memory_mib} MiB",
                       f"{g.tally.same_bytes + g.tally.same_keys}/{g.tally.aligned}")
     out.print(table)
     rate = result.rows_in / result.seconds if result.seconds else 0.0
     out.print(f"{result.rows_in:,} rows in {result.seconds:.2f}s ({rate / 1e6:,.1f} M rows/s)")
+    if result.rows_skipped_null_key:
+        out.print(f"[yellow]{result.rows_skipped_null_key:,} rows with a null path or Date "
+                  "were not summed[/]", highlight=False)
     for group, error in result.failed.items():
         err.print(f"[bold red]{group} failed:[/] {error}", highlight=False)
 
@@ -99,9 +103,10 @@ def _summary(result: AggregateResult) -> None:
 def _as_dict(result: AggregateResult) -> dict[str, Any]:
     return {
         "output": result.output, "ok": result.ok, "seconds": result.seconds,
-        "rows_in": result.rows_in,
+        "rows_in": result.rows_in, "rows_skipped_null_key": result.rows_skipped_null_key,
         "groups": {g.group: {"status": g.status, "error": g.error, "files": g.files,
-                             "output": g.output, "rows_out": g.rows_out,
+                             "output": g.output, "rows_in": g.rows_in, "rows_out": g.rows_out,
+                             "rows_skipped_null_key": g.rows_skipped_null_key,
                              "memory_mib": g.memory_mib} for g in result.groups.values()},
     }
 

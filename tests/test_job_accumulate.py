@@ -98,8 +98,33 @@ def test_repeated_keys_nulls_and_nan_match_pandas(tmp_path):
               value=pa.array([1.0, np.nan, 3.0, 4.0, 5.0, 6.0]))
     c = write(tmp_path / "c.parquet", path=pa.array([7, 1, 2, 2, 1, 3]), Date=dates,
               value=pa.array([0.5, 0.25, 3.0, 4.0, 5.0, 6.0]))
-    assert_matches([a, b, c])
-    assert_matches([b, a])  # null keys in the first file
+    assert assert_matches([a, b, c]).tally.rows_skipped_null_key == 1
+    assert assert_matches([b, a]).tally.rows_skipped_null_key == 1  # null keys in the first file
+
+
+def test_rows_with_a_null_key_are_counted_once_wherever_they_are_added(tmp_path):
+    """Null path or Date, in the layout or a later file, one task or lanes and a final: each
+    row is counted once, where its file is read; partials and the final add none."""
+    info = generate(str(tmp_path / "in"), files=3, paths=10, dates=4, seed=12)
+    files = files_of(info)
+    table = pq.read_table(files[1])
+    paths = table.column("path").to_pylist()
+    paths[3] = paths[7] = None
+    dates = table.column("Date").to_pylist()
+    dates[0] = dates[3] = None  # row 3: both keys null, still one row
+    nulls = write(tmp_path / "nulls.parquet", path=pa.array(paths, pa.int64()),
+                  Date=pa.array(dates, pa.date32()), value=table.column("value"))
+    for order in ([files[0], nulls, files[2]], [nulls, files[0], files[2]]):
+        assert assert_matches(order).tally.rows_skipped_null_key == 3
+    p1, p2 = str(tmp_path / "p1.arrow"), str(tmp_path / "p2.arrow")
+    lanes = [sum_files(STORE, "g", [files[0], nulls], p1, final=False, max_rows=None,
+                       schema=None, files=2, layout=files[0]),
+             sum_files(STORE, "g", [files[2]], p2, final=False, max_rows=None, schema=None,
+                       files=1, layout=files[0])]
+    final = sum_files(STORE, "g", [p1, p2], str(tmp_path / "g.parquet"), final=True,
+                      max_rows=None, schema=None, files=0, layout=files[0])
+    assert [r.tally.rows_skipped_null_key for r in lanes] == [3, 0]
+    assert final.tally.rows_skipped_null_key == 0
 
 
 def test_string_keys_and_integer_values(tmp_path):

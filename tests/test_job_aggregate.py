@@ -197,3 +197,49 @@ def test_many_groups_of_very_different_sizes_at_once(client, tmp_path):
     # 15 single-task groups (one is empty), then lanes + final for 17 files (3+1) and 30 (5+1).
     assert len(ran_on) == sum(g.tasks for g in result.groups.values()) == 15 + 4 + 6
     assert len(set(ran_on.values())) == 2  # both workers took work
+
+
+def with_null_keys(src: str, dest, rows: list[int]) -> str:
+    """``src`` with the path of ``rows`` set to null, written to ``dest``."""
+    frame = pd.read_parquet(src)
+    frame["path"] = frame["path"].astype("Int64")
+    frame.loc[rows, "path"] = pd.NA
+    frame.to_parquet(dest)
+    return str(dest)
+
+
+@pytest.mark.parametrize("per_task", [None, 1], ids=["one-task", "lanes"])
+def test_rows_with_null_keys_are_counted_per_group_and_warned_once(client, tmp_path, caplog,
+                                                                  per_task):
+    info = generate(str(tmp_path / "in"), group_sizes=[3, 2, 1], paths=20, dates=6, seed=4)
+    files = {g: [f"{info.output}/{f}" for f in fs] for g, fs in info.groups.items()}
+    files["g000"][0] = with_null_keys(files["g000"][0], tmp_path / "n0.parquet", [0, 5])
+    files["g000"][2] = with_null_keys(files["g000"][2], tmp_path / "n2.parquet", [1])
+    files["g001"][1] = with_null_keys(files["g001"][1], tmp_path / "n1.parquet", [2, 3, 4, 9])
+    with caplog.at_level("WARNING", logger="recc.jobs.aggregate"):
+        result = aggregate(groups=files, output=str(tmp_path / "out"), client=client,
+                           max_files_per_task=per_task)
+    assert result.ok, result.failed
+    check(result, files, "")
+    skipped = {g: r.rows_skipped_null_key for g, r in result.groups.items()}
+    assert skipped == {"g000": 3, "g001": 4, "g002": 0}
+    assert result.rows_skipped_null_key == 7
+    assert result.groups["g000"].rows_in == 3 * 120  # read, including the skipped rows
+    warnings = [r for r in caplog.records if r.name == "recc.jobs.aggregate"]
+    assert len(warnings) == 1
+    assert "7 row(s) with a null path or Date" in warnings[0].getMessage()
+    assert "g000: 3, g001: 4" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("mask", [0o027, 0o002])
+def test_outputs_on_a_cluster_follow_the_callers_umask(client, tmp_path, mask):
+    info = generate(str(tmp_path / "in"), group_sizes=[1, 5], paths=10, dates=4)
+    old = os.umask(mask)
+    try:
+        result = aggregate(info.output, str(tmp_path / "out"), client=client,
+                           max_files_per_task=2)
+    finally:
+        os.umask(old)
+    assert result.ok, result.failed
+    for group in result.groups.values():
+        assert os.stat(group.output).st_mode & 0o777 == 0o666 & ~mask, group.group

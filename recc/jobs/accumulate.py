@@ -15,9 +15,10 @@ While every file takes path 1 or 2, the sums stay row for row in the layout's or
 partial sum is written as ``value`` alone (naming the layout, see :data:`LAYOUT_OF`) and the
 output's key columns can be copied from the layout file's bytes (:mod:`recc.jobs.splice`).
 
-The result matches ``pandas.concat(files).groupby(["path", "Date"]).value.sum()``: null keys
-are dropped, null and NaN values count as zero (a NaN seen in the sum triggers an exact
-NaN-skipping pass), and keys repeated within a file are summed.
+The result matches ``pandas.concat(files).groupby(["path", "Date"]).value.sum()``: rows with
+a null key are dropped (and counted, :attr:`Tally.rows_skipped_null_key`), null and NaN values
+count as zero (a NaN seen in the sum triggers an exact NaN-skipping pass), and keys repeated
+within a file are summed.
 
 >>> acc = Accumulator()
 >>> for url in ["/data/a.parquet", "/data/b.parquet"]:  # doctest: +SKIP
@@ -67,12 +68,13 @@ class KeyGrowthExceeded(RECCError):
 
 @dataclass
 class Tally:
-    """How each file was added; the benchmark and tests read these."""
+    """How each file was added, and the rows read; the job's report and tests read these."""
 
     same_bytes: int = 0
     same_keys: int = 0
     aligned: int = 0
     rows: int = 0
+    rows_skipped_null_key: int = 0  # rows whose path or Date is null: read, not summed
 
 
 def load_buffer(store: DataStore, url: str) -> pa.Buffer:
@@ -423,6 +425,7 @@ class Accumulator:
             if any(c.null_count for c in keys.columns):
                 valid = pc.and_(pc.is_valid(keys.column(0)), pc.is_valid(keys.column(1)))
                 keys = keys.filter(valid)
+                self.tally.rows_skipped_null_key += len(values) - keys.num_rows
                 values = values[np.asarray(valid)]
             rows, new = index.rows_of(keys)
             assert self._keys is not None and self.values is not None

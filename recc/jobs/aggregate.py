@@ -15,12 +15,19 @@ How it stays fast and within memory:
 - all groups are submitted at once, largest first, and the scheduler fills every worker
   with as many tasks as its ``MEMORY`` allows: no thread pools to tune;
 - a failing group (missing or corrupt file) fails alone, with the file named; outputs are
-  written all or nothing.
+  written all or nothing, with the mode the caller's umask gives a new file.
+
+Before any cluster or output exists, the job refuses a group that lists a file twice and an
+output directory that holds inputs (:mod:`recc.jobs.locations`). Rows whose ``path`` or
+``Date`` is null are not summed: each group counts them (``rows_skipped_null_key``) and the
+job logs one warning naming the groups.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import math
 import time
 import uuid
@@ -35,12 +42,15 @@ from distributed import Client, Future, as_completed
 from recc.datastore import DataStore
 from recc.errors import RECCError
 from recc.jobs.accumulate import DEFAULT_SCHEMA, KeyGrowthExceeded, Tally
+from recc.jobs.locations import check_output, check_repeats, file_mode
 from recc.jobs.manifest import MANIFEST_NAME, check_group_name, parse_manifest
 from recc.jobs.plan import GroupPlan, Unit, files_per_task, memory_request, plan_group
 from recc.jobs.tasks import FileFacts, TaskReport, scan, sum_files
 
 MiB = 1 << 20
 SCAN_BATCH = 64
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,6 +71,11 @@ class GroupResult:
     sum_cpu_seconds: float = 0.0
     write_seconds: float = 0.0
     tally: Tally = field(default_factory=Tally)
+
+    @property
+    def rows_skipped_null_key(self) -> int:
+        """Rows of this group's files whose ``path`` or ``Date`` is null: read, not summed."""
+        return self.tally.rows_skipped_null_key
 
 
 @dataclass
@@ -83,6 +98,11 @@ class AggregateResult:
     @property
     def rows_in(self) -> int:
         return sum(g.rows_in for g in self.groups.values())
+
+    @property
+    def rows_skipped_null_key(self) -> int:
+        """Rows not summed because their key is null, over all groups (see each group's)."""
+        return sum(g.rows_skipped_null_key for g in self.groups.values())
 
     def raise_for_errors(self) -> None:
         """Raise :class:`JobError` listing every failed group, if any failed."""
@@ -156,13 +176,18 @@ def cluster_capacity(client: Client, resource: str = "MEMORY") -> Capacity:
     return Capacity(slots, scale, largest, resource, *roomiest)
 
 
-def read_groups(store: DataStore, input: str | None, manifest: str | None) -> dict[str, list[str]]:
-    """Groups and file URLs from ``manifest`` (default: ``INPUT/manifest.csv``)."""
-    if manifest is None:
-        if input is None:
-            raise RECCError("give the input directory or the manifest (for example --input "
-                            "/data/sims, which reads /data/sims/manifest.csv)")
-        manifest = store.join(input, MANIFEST_NAME)
+def manifest_location(store: DataStore, input: str | None, manifest: str | None) -> str:
+    """``manifest``, or by default ``INPUT/manifest.csv``."""
+    if manifest is not None:
+        return manifest
+    if input is None:
+        raise RECCError("give the input directory or the manifest (for example --input "
+                        "/data/sims, which reads /data/sims/manifest.csv)")
+    return store.join(input, MANIFEST_NAME)
+
+
+def read_groups(store: DataStore, manifest: str) -> dict[str, list[str]]:
+    """Groups and file URLs from the manifest at ``manifest``."""
     try:
         text = store.read_bytes(manifest).decode()
     except (FileNotFoundError, OSError) as e:
@@ -237,7 +262,15 @@ def aggregate(
     -------
     AggregateResult
         Per-group status; failed groups carry an error naming the file. Call
-        ``raise_for_errors()`` to turn failures into an exception.
+        ``raise_for_errors()`` to turn failures into an exception. Each group counts the rows
+        it did not sum because their key is null (``rows_skipped_null_key``).
+
+    Raises
+    ------
+    ManifestError
+        A group lists one file twice (also as ``x.parquet`` and ``./x.parquet``).
+    SpecError
+        ``output`` is an input file, the input directory, or a directory an input lives in.
 
     Examples
     --------
@@ -249,13 +282,34 @@ def aggregate(
                         "s3://bucket/sums")
     store = datastore or DataStore.from_config()
     if groups is None:
-        group_files = read_groups(store, input, manifest)
+        manifest = manifest_location(store, input, manifest)
+        group_files = read_groups(store, manifest)
+        check_repeats(group_files, source=manifest)
     else:
         group_files = {check_group_name(g): list(f) for g, f in groups.items()}
+        check_repeats(group_files)
+    check_output(store, output, group_files, read=[manifest] if manifest else [],
+                 input_dir=input)
     growth = float(key_growth or dask.config.get("recc.jobs.aggregate.key-growth", 1.25))
+    mode = file_mode()  # the caller's umask, whichever process writes
     with job_client(client, cluster, spec) as c:
-        return _Job(c, store, output, group_files, growth, max_files_per_task, resource,
-                    progress).run()
+        result = _Job(c, store, output, group_files, growth, max_files_per_task, resource,
+                      progress, mode).run()
+    _warn_null_keys(result)
+    return result
+
+
+def _warn_null_keys(result: AggregateResult, shown: int = 5) -> None:
+    """One warning for the whole job if any group had rows with a null key."""
+    counts = {g: r.rows_skipped_null_key for g, r in result.groups.items()
+              if r.rows_skipped_null_key}
+    if not counts:
+        return
+    listed = ", ".join(f"{g}: {n:,}" for g, n in list(counts.items())[:shown])
+    more = f" and {len(counts) - shown} more group(s)" if len(counts) > shown else ""
+    logger.warning(
+        "%s row(s) with a null path or Date were not summed (%s%s); each group reports its "
+        "count as rows_skipped_null_key", f"{result.rows_skipped_null_key:,}", listed, more)
 
 
 class _Job:
@@ -264,7 +318,7 @@ class _Job:
     def __init__(self, client: Client, store: DataStore, output: str,
                  group_files: dict[str, list[str]], key_growth: float,
                  max_files_per_task: int | None, resource: str,
-                 progress: ProgressCallback | None):
+                 progress: ProgressCallback | None, mode: int | None = None):
         self.client = client
         self.store = store
         self.output = output.rstrip("/")
@@ -273,6 +327,7 @@ class _Job:
         self.max_files = max_files_per_task
         self.resource = resource
         self.progress = progress or (lambda result: None)
+        self.mode = mode
         self.token = uuid.uuid4().hex[:8]
         self.scratch = f"{self.output}/.recc-scratch-{self.token}"
         self.results = {
@@ -363,7 +418,7 @@ class _Job:
         priority = self.priority[unit.group] + (10**6 if unit.final and unit.files == 0 else 0)
         future = self.client.submit(
             sum_files, self.store, unit.group, list(unit.inputs), unit.output, unit.final,
-            unit.max_rows, self.schema, unit.files, unit.layout, after or [],
+            unit.max_rows, self.schema, unit.files, unit.layout, after or [], self.mode,
             key=f"recc-sum-{self.token}-{unit.group}-{unit.name}-{len(self.exact)}",
             resources={self.resource: memory_request(unit.need_bytes, self.capacity.scale)},
             priority=priority, pure=False,
@@ -395,9 +450,9 @@ class _Job:
         result.sum_cpu_seconds += report.sum_cpu_seconds
         result.write_seconds += report.write_seconds
         if unit.files:  # a final over partials adds no input files
-            for name in ("same_bytes", "same_keys", "aligned", "rows"):
-                total = getattr(result.tally, name) + getattr(report.tally, name)
-                setattr(result.tally, name, total)
+            for f in dataclasses.fields(Tally):
+                total = getattr(result.tally, f.name) + getattr(report.tally, f.name)
+                setattr(result.tally, f.name, total)
         if unit.final:
             result.rows_out = report.rows_out
             result.status = "done"

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from recc.datastore import DataStore
 from recc.errors import SpecError
+from recc.jobs.locations import atomic_output, file_mode
 from recc.jobs.manifest import MANIFEST_NAME, format_manifest
 
 # The first simulated date; the rest follow at irregular gaps over thirty years.
@@ -116,6 +117,7 @@ def generate(
     if not 0.0 <= missing < 1.0:
         raise SpecError("missing", missing, "must be a share in [0, 1)", "--missing 0.01")
     store = datastore or DataStore.from_config()
+    mode = file_mode()
     rng = np.random.default_rng(seed)
     rows = paths * dates
     # Keys in a shuffled (not sorted) order, like the simulator's output.
@@ -138,17 +140,20 @@ def generate(
             if missing:
                 table = table.filter(pa.array(file_rng.random(rows) >= missing))
             name = f"part-{index:0{width}d}.parquet"
-            total_bytes += _write_parquet(store, store.join(output, name), table, row_group_size)
+            total_bytes += _write_parquet(store, store.join(output, name), table, row_group_size,
+                                          mode)
             total_rows += table.num_rows
             names.append(name)
             index += 1
     manifest_url = store.join(output, MANIFEST_NAME)
-    store.write_bytes(manifest_url, format_manifest(manifest).encode())
+    with atomic_output(store, manifest_url, mode) as f:
+        f.write(format_manifest(manifest).encode())
     return Generated(output, manifest_url, manifest, total_rows, total_bytes)
 
 
-def _write_parquet(store: DataStore, url: str, table: pa.Table, row_group_size: int | None) -> int:
-    with store.atomic_write(url) as f:
+def _write_parquet(store: DataStore, url: str, table: pa.Table, row_group_size: int | None,
+                   mode: int) -> int:
+    with atomic_output(store, url, mode) as f:
         # Dictionary-encode the keys only: random float64 values gain nothing from it.
         pq.write_table(table, f, row_group_size=row_group_size, use_dictionary=["path", "Date"])
         return f.tell()

@@ -19,7 +19,7 @@ from recc.errors import RECCError
 
 MANIFEST_NAME = "manifest.csv"
 # Group names become output file names: keep them to characters every store accepts.
-_GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
+_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,199}")
 
 
 class ManifestError(RECCError, ValueError):
@@ -28,7 +28,7 @@ class ManifestError(RECCError, ValueError):
 
 def check_group_name(group: str, where: str = "group") -> str:
     """``group`` if it is usable as an output file name, else a ManifestError saying why."""
-    if not _GROUP_NAME.match(group):
+    if not _GROUP_NAME.fullmatch(group):
         raise ManifestError(
             f"{where}={group!r}: a group name becomes <output>/<group>.parquet, so it must "
             "start with a letter or digit and use only letters, digits and . _ = - "

@@ -27,6 +27,7 @@ from recc.jobs.accumulate import (
     Tally,
     open_source,
 )
+from recc.jobs.locations import atomic_output
 from recc.jobs.splice import SpliceError, splice_parquet
 
 
@@ -103,6 +104,7 @@ def sum_files(
     files: int,
     layout: str | None = None,
     after: Sequence[TaskReport] = (),
+    mode: int | None = None,
 ) -> TaskReport:
     """Sum ``inputs`` and write the result to ``output`` all or nothing.
 
@@ -112,14 +114,15 @@ def sum_files(
     partial sums in its order carry no keys. Repeated keys are merged in the output.
     ``files`` is how many of the job's input files this covers (for progress). ``after``
     takes the reports of the tasks that write ``inputs`` (as Dask futures, it makes this task
-    wait for them); they are not needed otherwise.
+    wait for them); they are not needed otherwise. ``mode`` is the output's file mode (default:
+    what this process's umask gives a new file; the job passes its caller's).
     """
     start, cpu = time.perf_counter(), time.thread_time()
     acc = _sum(store, inputs, layout, max_rows, skip_nan=False)
     if acc.has_nan():  # rare: redo exactly, counting NaN as zero like pandas does
         acc = _sum(store, inputs, layout, max_rows, skip_nan=True)
     summed, cpu = time.perf_counter(), time.thread_time() - cpu
-    with store.atomic_write(output) as f:
+    with atomic_output(store, output, mode) as f:
         rows_out = write_output(acc, f, schema) if final else write_partial(acc, f)
     return TaskReport(
         group=group, output=output, files=files, rows_in=acc.tally.rows,
