@@ -16,6 +16,7 @@ from recc.cli.output import err, errors_to_exit, fail, out
 from recc.cli.plan import Template
 from recc.clusters import delete_cluster, describe_clusters, find_cluster
 from recc.errors import ClusterNotFound
+from recc.naming import check_cluster_name
 from recc.spec import resolve_spec
 from recc.units import format_duration
 
@@ -147,6 +148,8 @@ def down_command(
                 )
         if not names:
             fail("name at least one cluster, or --all (see `recc ls`)")
+        for name in names:  # every name is checked before any cluster is deleted
+            check_cluster_name(name)
     results: dict[str, str] = {}
     for name in names or []:
         try:

@@ -30,7 +30,7 @@ from recc.naming import aws_tag_value
 SCOPES = ("user", "namespace")
 COST_ALLOCATION_TAGS = ("recc:cluster", "recc:user", "recc:namespace", "recc:job")
 _RECC_FILTER_PREFIX = "user:recc:"
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")  # fullmatch: "$" accepts a newline
 # AWS Budgets allows 5 notifications per budget and 10 email subscribers per notification.
 _MAX_NOTIFICATIONS = 5
 _MAX_EMAILS = 10
@@ -74,7 +74,7 @@ def _validate(r: BudgetRequest) -> None:
         r.emails,
         _MAX_EMAILS,
         "addresses",
-        lambda e: _EMAIL.match(e) is not None,
+        lambda e: _EMAIL.fullmatch(e) is not None,
         "is not an email address",
         "--email alice@example.org",
     )

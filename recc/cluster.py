@@ -23,7 +23,7 @@ from recc.clusters import check_quotas, delete_cluster, estimate_vcpus, record_c
 from recc.cost import local_cost
 from recc.errors import BackendError
 from recc.estimate import Estimate, estimate
-from recc.naming import current_user, default_cluster_name
+from recc.naming import check_cluster_name, current_user, default_cluster_name
 from recc.spec import ClusterSpec, build_spec, resolve_spec
 from recc.state import ClusterRecord
 from recc.tags import rfc3339
@@ -32,8 +32,12 @@ logger = logging.getLogger("recc")
 
 
 def cluster_estimate(spec: ClusterSpec, backend: str) -> Estimate:
-    """The plan and $/h of ``spec`` on ``backend`` (the local backend costs nothing)."""
+    """The plan and $/h of ``spec`` on ``backend`` (the local backend costs nothing, but refuses
+    a spec this machine cannot hold: :func:`~recc.backends.local.check_fits_machine`)."""
     if backend == "local":
+        from recc.backends.local import check_fits_machine, machine
+
+        check_fits_machine(spec, *machine())
         return Estimate(spec, None, local_cost())  # type: ignore[arg-type]
     return estimate(spec)
 
@@ -110,7 +114,11 @@ class RECCCluster(Cluster):
         Example
         -------
         >>> cluster = RECCCluster.from_name("recc-alice-1a2b3c")  # doctest: +SKIP
+
+        Raises :class:`~recc.errors.SpecError` for a name that cannot be a cluster name and
+        :class:`~recc.errors.ClusterNotFound` for an unknown one.
         """
+        check_cluster_name(name)
         chosen = get_backend(backend)
         record = chosen.find(name)
         return cls(
@@ -189,6 +197,7 @@ class RECCCluster(Cluster):
     async def _scale(self, n: int) -> None:
         if n < 0:
             raise ValueError(f"n={n!r}: the number of workers cannot be negative (e.g. 4)")
+        self.spec.replace(n_workers=max(n, 1))  # SpecError for too many, before any change
         assert self._record is not None
         self._record = await asyncio.to_thread(self.backend.scale, self._record, n)
         self.spec = build_spec(self._record.spec)

@@ -16,6 +16,7 @@ from recc.backends.base import Backend, get_backend
 from recc.catalog import get_catalog
 from recc.errors import ClusterNotFound, RECCError
 from recc.estimate import Estimate
+from recc.naming import check_cluster_name
 from recc.quotas import UsageRecord, check_quota, fit_n_workers, limits_from_config, plan_vcpus
 from recc.spend import cost_so_far
 from recc.state import ClusterRecord
@@ -81,8 +82,10 @@ def delete_cluster(name: str, backend: Backend | str | None = None, how: str = "
     """Tear down cluster ``name`` and record how it ended.
 
     Returns ``"deleted"``, or ``"already deleted"`` when the ledger shows it ended before.
-    Raises :class:`ClusterNotFound` for a name RECC never knew.
+    Raises :class:`ClusterNotFound` for a name RECC never knew, :class:`SpecError` for one that
+    cannot be a cluster name (before anything is looked up).
     """
+    check_cluster_name(name)
     chosen = backend if not isinstance(backend, (str, type(None))) else get_backend(backend)
     if chosen.delete(name):
         try:
@@ -160,5 +163,6 @@ def _requested(record: ClusterRecord) -> int:
 
 
 def find_cluster(name: str, backend: str | None = None) -> ClusterRecord:
-    """The record of ``name`` on ``backend`` (raises ClusterNotFound)."""
-    return get_backend(backend).find(name)
+    """The record of ``name`` on ``backend`` (raises ClusterNotFound, or SpecError for a name
+    that cannot be a cluster name)."""
+    return get_backend(backend).find(check_cluster_name(name))

@@ -24,6 +24,9 @@ for example ``DASK_RECC__DATASTORE__READ=LOCAL,S3`` and
 ``DASK_RECC__DATASTORE__STORES__S3__URL=s3://bank-sims/recc`` (store names are
 case-insensitive).
 
+A ``recc://`` key always names something inside each store: an empty key or one with a ``..``
+part (``recc://../../home``) is refused with a :class:`~recc.errors.SpecError`.
+
 >>> store = DataStore.from_config()
 >>> with store.atomic_write("/tmp/recc-doc/out.txt") as f:  # doctest: +SKIP
 ...     f.write(b"all or nothing")
@@ -46,9 +49,34 @@ import dask.config
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from recc.errors import ConfigError
+from recc.errors import ConfigError, SpecError
 
 SCHEME = "recc://"
+_KEY_EXAMPLE = "recc://sims/run1/part-0.parquet"
+
+
+def store_key(key: str) -> str:
+    """``key`` without leading slashes, when it names something below a store's root. Pure.
+
+    Raises :class:`SpecError` for an empty key (the root itself: a recursive remove would empty
+    the store) and for one with a ``..`` part, which would lead outside the store.
+
+    >>> store_key("/sims/f.parquet")
+    'sims/f.parquet'
+    >>> store_key("sims/../../etc")
+    Traceback (most recent call last):
+    ...
+    recc.errors.SpecError: url='recc://sims/../../etc': a '..' part would lead outside the \
+store (for example: recc://sims/run1/part-0.parquet)
+    """
+    stripped = key.lstrip("/")
+    if not stripped.strip("/"):
+        raise SpecError("url", SCHEME + key, "names no key inside the store", _KEY_EXAMPLE)
+    if ".." in stripped.split("/"):
+        raise SpecError(
+            "url", SCHEME + key, "a '..' part would lead outside the store", _KEY_EXAMPLE
+        )
+    return stripped
 
 
 @dataclass(frozen=True)
@@ -60,8 +88,8 @@ class Store:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def join(self, key: str) -> str:
-        """The URL of ``key`` inside this store."""
-        return f"{self.url.rstrip('/')}/{key.lstrip('/')}"
+        """The URL of ``key`` inside this store (:func:`store_key` refuses one that is not)."""
+        return f"{self.url.rstrip('/')}/{store_key(key)}"
 
 
 @dataclass(frozen=True)
@@ -142,7 +170,7 @@ class DataStore:
         return url_to_fs(url, **opts)
 
     def _key(self, url: str) -> str | None:
-        return url[len(SCHEME) :].lstrip("/") if url.startswith(SCHEME) else None
+        return store_key(url[len(SCHEME) :]) if url.startswith(SCHEME) else None
 
     def locate(self, url: str) -> tuple[Any, str]:
         """``(filesystem, path)`` to read ``url`` from; ``recc://`` keys fall through stores.

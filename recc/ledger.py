@@ -181,11 +181,11 @@ def fold(events: list[dict[str, Any]]) -> list[Life]:
     ]
 
 
-_EVENT_NAME = re.compile(r"^(\d{8}T\d{6}Z)-(.+)-(start|end)-[0-9a-f]+\.json$")
+_EVENT_NAME = re.compile(r"(\d{8}T\d{6}Z)-(.+)-(start|end)-[0-9a-f]+\.json")
 
 
 def _event_from_name(path: str) -> dict[str, Any] | None:
-    found = _EVENT_NAME.match(path.rsplit("/", 1)[-1])
+    found = _EVENT_NAME.fullmatch(path.rsplit("/", 1)[-1])
     if found is None:
         return None
     at = dt.datetime.strptime(found[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)

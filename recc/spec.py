@@ -5,7 +5,9 @@ A spec resolves from four layers, highest last::
     packaged defaults  <-  dask config (recc.*, DASK_RECC__*)  <-  template  <-  keyword args
 
 Every invalid value raises :class:`~recc.errors.SpecError` naming the field, the value and a
-valid example, before any resource exists.
+valid example, before any resource exists. Numbers are finite and bounded: at most
+:data:`MAX_WORKERS` (10,000) workers over all groups, resource amounts at most
+:data:`MAX_RESOURCE`, and the bounds of :mod:`recc.units` for sizes, CPUs and durations.
 
 Example
 -------
@@ -17,24 +19,33 @@ Example
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from recc import config
 from recc.errors import SpecError
-from recc.naming import MAX_CLUSTER_NAME, is_dns1123_label
+from recc.naming import CLUSTER_NAME_EXAMPLE, cluster_name_problem, is_dns1123_label
 from recc.templates_index import get_template_path
 from recc.units import format_duration, format_memory, parse_cpu, parse_duration, parse_memory
 
 # One valid example per field: every error message shows one, so this is the only place
 # that needs to know what good input looks like.
 EXAMPLES: dict[str, str] = {
-    "name": "name='recc-alice-1a2b3c' (lower-case letters, digits and '-', at most 40)",
+    "name": CLUSTER_NAME_EXAMPLE,
     "instance_type": "instance_type='c5.xlarge'",
     "n_workers": "n_workers=20",
     "worker_memory": "worker_memory='1.5GiB' (or '1536MiB', or 1.5 meaning GiB)",
@@ -57,11 +68,20 @@ EXAMPLES: dict[str, str] = {
 # Keyword aliases from the production system's API (numbers in GiB).
 ALIASES = {"worker_memory_GiB": "worker_memory", "scheduler_memory_GiB": "scheduler_memory"}
 
-_RESOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-_TAG_KEY = re.compile(r"^[A-Za-z0-9 _.:/=+@-]{1,100}$")
-_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+# One cluster's workers over all its groups: a bound for EKS (10,000 workers is thousands of
+# nodes) that also keeps planning and quota arithmetic small. The local backend allows fewer:
+# what the machine holds (recc.backends.local.check_fits_machine).
+MAX_WORKERS = 10_000
+# A resource amount (GPU=1, MEMORY=2000 MiB ...): more than any machine has of anything, and
+# exact as a float.
+MAX_RESOURCE = 1e12
+
+# Always used with fullmatch: a "$" anchor would also accept a trailing newline.
+_RESOURCE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,62}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+_TAG_KEY = re.compile(r"[A-Za-z0-9 _.:/=+@-]{1,100}")
+_INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9]+")
 
 
 def _parsed(parser):  # noqa: ANN001, ANN202 - tiny adapter for pydantic's BeforeValidator
@@ -94,16 +114,27 @@ def _string_mapping(value: Any, key_ok: Callable[[str], object], problem: str) -
 def _check_resources(value: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, amount in _as_mapping(value).items():
-        if not _RESOURCE_NAME.match(str(key)):
+        if not _RESOURCE_NAME.fullmatch(str(key)):
             raise ValueError(f"resource name {key!r} must start with a letter ([A-Za-z0-9_.-])")
+        if isinstance(amount, bool):
+            raise ValueError(f"resource {key} needs a number, got {amount!r}")
         try:
             number = float(amount)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"resource {key} needs a number, got {amount!r}") from e
-        if number <= 0:
-            raise ValueError(f"resource {key} must be positive, got {amount!r}")
+        except (TypeError, ValueError, OverflowError) as e:  # OverflowError: 10**400
+            raise ValueError(f"resource {key} needs a finite number, got {amount!r}") from e
+        if not (math.isfinite(number) and 0 < number <= MAX_RESOURCE):
+            raise ValueError(
+                f"resource {key} must be a positive number of at most {MAX_RESOURCE:g}, "
+                f"got {amount!r}"
+            )
         out[str(key)] = number
     return out
+
+
+def _check_n_workers(value: int) -> int:
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"must be a whole number of workers from 1 to {MAX_WORKERS}")
+    return value
 
 
 class WorkerGroup(BaseModel):
@@ -113,11 +144,13 @@ class WorkerGroup(BaseModel):
 
     name: str = "default"
     instance_type: str
-    n_workers: int = Field(ge=1)
+    n_workers: int
     worker_memory: Memory
     worker_cpu: Cpu
     resources: dict[str, float] = Field(default_factory=dict)
     spot: bool = False
+
+    _n_workers = field_validator("n_workers")(classmethod(lambda cls, v: _check_n_workers(v)))
 
     @field_validator("name")
     @classmethod
@@ -129,7 +162,7 @@ class WorkerGroup(BaseModel):
     @field_validator("instance_type")
     @classmethod
     def _instance_type(cls, v: str) -> str:
-        if not _INSTANCE_TYPE.match(v):
+        if not _INSTANCE_TYPE.fullmatch(v):
             raise ValueError("is not an EC2 instance type name")
         return v
 
@@ -150,7 +183,7 @@ class ClusterSpec(BaseModel):
 
     name: str | None = None
     instance_type: str
-    n_workers: int = Field(ge=1)
+    n_workers: int
     worker_memory: Memory
     worker_cpu: Cpu
     scheduler_memory: Memory
@@ -169,14 +202,12 @@ class ClusterSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        # The operator names the scheduler Service "<name>-scheduler", a DNS-1035 label: so the
-        # name must also start with a letter.
-        if v is not None and not (is_dns1123_label(v, MAX_CLUSTER_NAME) and v[:1].isalpha()):
-            raise ValueError(
-                f"is not a DNS-1123 label starting with a letter, at most {MAX_CLUSTER_NAME} "
-                "characters"
-            )
+        problem = cluster_name_problem(v) if v is not None else None
+        if problem is not None:
+            raise ValueError(problem)
         return v
+
+    _n_workers = field_validator("n_workers")(classmethod(lambda cls, v: _check_n_workers(v)))
 
     _instance_type = field_validator("instance_type")(
         classmethod(lambda cls, v: WorkerGroup._instance_type(v))
@@ -196,13 +227,13 @@ class ClusterSpec(BaseModel):
     @classmethod
     def _env(cls, v: Mapping[str, Any]) -> dict[str, str]:
         return _string_mapping(
-            v, _ENV_NAME.match, "environment variable name {!r} is not [A-Za-z_][A-Za-z0-9_]*"
+            v, _ENV_NAME.fullmatch, "environment variable name {!r} is not [A-Za-z_][A-Za-z0-9_]*"
         )
 
     @field_validator("source_git_branch")
     @classmethod
     def _branch(cls, v: str | None) -> str | None:
-        if v is not None and (not _BRANCH.match(v) or ".." in v or v.endswith((".lock", "/"))):
+        if v is not None and (not _BRANCH.fullmatch(v) or ".." in v or v.endswith((".lock", "/"))):
             raise ValueError("is not a git branch name")
         return v
 
@@ -211,16 +242,24 @@ class ClusterSpec(BaseModel):
     def _tags(cls, v: Mapping[str, Any]) -> dict[str, str]:
         return _string_mapping(
             v,
-            lambda k: _TAG_KEY.match(k) and not k.startswith("recc:"),
+            lambda k: _TAG_KEY.fullmatch(k) and not k.startswith("recc:"),
             "tag key {!r} is invalid or reserved (recc:*)",
         )
 
     @field_validator("worker_groups")
     @classmethod
-    def _unique_groups(cls, v: tuple[WorkerGroup, ...]) -> tuple[WorkerGroup, ...]:
+    def _check_groups(
+        cls, v: tuple[WorkerGroup, ...], info: ValidationInfo
+    ) -> tuple[WorkerGroup, ...]:
         names = [g.name for g in v]
         if "default" in names or len(set(names)) != len(names):
             raise ValueError("worker group names must be unique and not 'default'")
+        total = info.data.get("n_workers", 0) + sum(g.n_workers for g in v)
+        if total > MAX_WORKERS:
+            raise ValueError(
+                f"n_workers and the groups' workers add up to {total}, more than the "
+                f"{MAX_WORKERS} one cluster may have"
+            )
         return v
 
     def groups(self) -> tuple[WorkerGroup, ...]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from recc import config
 from recc.errors import ClusterNotFound
+from recc.naming import check_cluster_name
 
 
 @dataclass
@@ -47,8 +48,13 @@ def clusters_dir() -> Path:
 
 
 def cluster_dir(name: str) -> Path:
-    """The directory of cluster ``name`` (record, TLS files, logs)."""
-    return clusters_dir() / name
+    """The directory of cluster ``name`` (record, TLS files, logs).
+
+    Raises :class:`~recc.errors.SpecError` for a name that is not a cluster name: only a valid
+    one is a single path component, so no name can lead outside :func:`clusters_dir`
+    (``../../victim``, ``/home/alice``) and be read, written or deleted there.
+    """
+    return clusters_dir() / check_cluster_name(name)
 
 
 @contextmanager
@@ -89,6 +95,8 @@ def load_all(backend: str | None = None) -> list[ClusterRecord]:
             record = ClusterRecord(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             continue  # a directory being deleted right now
+        if record.name != path.parent.name:
+            continue  # not a record RECC wrote: acting on its name would touch another place
         if backend is None or record.backend == backend:
             records.append(record)
     return sorted(records, key=lambda r: r.created_at)

@@ -112,6 +112,8 @@ def test_notifications_one_per_threshold() -> None:
         ({"alert_at": (1001,)}, "alert-at"),
         ({"emails": ()}, "email"),
         ({"emails": ("not-an-address",)}, "email"),
+        ({"emails": ("a@x.org\n",)}, "email"),
+        ({"monthly_usd": float("inf")}, "monthly-usd"),
         ({"emails": tuple(f"u{i}@x.org" for i in range(11))}, "email"),
     ],
 )

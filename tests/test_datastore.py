@@ -14,7 +14,7 @@ from distributed import Client, LocalCluster
 from helpers import s3_on_loopback
 
 from recc.datastore import DataStore, Store
-from recc.errors import ConfigError
+from recc.errors import ConfigError, SpecError
 from recc.jobs import aggregate, generate
 
 
@@ -77,6 +77,30 @@ def test_unknown_store_names_the_key():
         DataStore(stores={}, read=("S3",))
     with pytest.raises(ConfigError, match="recc.datastore.read"):
         DataStore().locate("recc://anything")
+
+
+@pytest.mark.parametrize(
+    "url", ["recc://../../x", "recc://k/../../x", "recc:///../x", "recc://..", "recc://", "recc:///"]
+)
+def test_keys_that_leave_the_store_are_refused(tmp_path, url):
+    outside = tmp_path / "x"
+    outside.mkdir()
+    (outside / "f").write_bytes(b"not the store's")
+    ds = two_stores(tmp_path / "stores" / "deep", write=("CACHE", "ARCHIVE"))
+    for use in (ds.read_bytes, ds.exists, ds.targets, ds.remove,
+                lambda u: ds.write_bytes(u, b"overwritten")):
+        with pytest.raises(SpecError) as info:
+            use(url)
+        assert info.value.field == "url" and "for example: recc://" in str(info.value)
+    with pytest.raises(SpecError):
+        ds.stores["CACHE"].join(url.removeprefix("recc://"))
+    assert (outside / "f").read_bytes() == b"not the store's"
+
+
+def test_keys_with_dots_inside_a_name_stay_usable(tmp_path):
+    ds = two_stores(tmp_path)
+    ds.write_bytes("recc:///runs/v1..2/a.txt", b"ok")  # ".." inside a name is just a name
+    assert (tmp_path / "cache" / "runs" / "v1..2" / "a.txt").read_bytes() == b"ok"
 
 
 # -- S3 through a moto server ----------------------------------------------------------

@@ -178,9 +178,10 @@ def test_the_table_shows_each_cluster_and_the_total():
 
 def test_a_scheduler_that_shuts_itself_down_takes_its_workers_and_the_harvester_the_rest():
     try:
-        record = cases.leave_running("h-self", idle_timeout="2s")
+        # Idle from its start, so the timeout must outlast the workers' start on a busy machine.
+        record = cases.leave_running("h-self", idle_timeout="10s")
         scheduler, *workers = pids(record)
-        wait_for(lambda: not live(scheduler), 30, "the scheduler's idle shutdown")
+        wait_for(lambda: not live(scheduler), 60, "the scheduler's idle shutdown")
         # Its workers follow (the scheduler closes them; --death-timeout is the backstop), and
         # with them every process they started (multiprocessing's resource tracker too).
         wait_for(lambda: not any(live(p) for p in workers), 30, "the workers to exit")

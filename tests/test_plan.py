@@ -286,7 +286,7 @@ def test_gpu_worker_on_a_cpu_type_suggests_gpu_types(catalog: Catalog) -> None:
 
 def test_worker_that_fits_nowhere(catalog: Catalog) -> None:
     with pytest.raises(PlanError) as info:
-        plan(catalog, worker_memory="100000GiB")
+        plan(catalog, worker_memory="20000GiB")
     message = str(info.value)
     assert "fits on no instance type" in message and "for example" in message
 

@@ -154,6 +154,8 @@ def test_a_users_own_recc_yaml_overrides_the_platform_file(config_dir: Path) -> 
         ({"subnet_ids": []}, r"subnet_ids=\[\].*must not be empty"),
         ({"node_role_arn": "research-dask-recc-node"}, r"node_role_arn=.*recc.eks.node-role-arn"),
         ({"region": "Ireland"}, r"region='Ireland'.*for example: eu-west-1"),
+        ({"region": "eu-west-1\n"}, r"region='eu-west-1\\n'.*for example: eu-west-1"),
+        ({"subnet_ids": ["subnet-0abc\n"]}, r"subnet_ids=.*does not look right"),
         ({"harvester_schedule": "every 10 minutes"}, r"harvester_schedule=.*\*/10 \* \* \* \*"),
     ],
 )

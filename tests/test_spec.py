@@ -297,6 +297,36 @@ INVALID: list[tuple[dict[str, Any], str, Any]] = [
     ({"idle_timeout": "soon"}, "idle_timeout", "soon"),
     ({"max_lifetime": 0}, "max_lifetime", 0),
     ({"spot": "maybe"}, "spot", "maybe"),
+    # A "$" anchor accepts a trailing newline: every pattern must match the whole value.
+    ({"name": "recc-alice-1\n"}, "name", "recc-alice-1\n"),
+    ({"name": "../../victim"}, "name", "../../victim"),
+    ({"name": "/tmp/victim"}, "name", "/tmp/victim"),
+    ({"instance_type": "c5.xlarge\n"}, "instance_type", "c5.xlarge\n"),
+    ({"env": {"OMP_NUM_THREADS\n": "1"}}, "env", {"OMP_NUM_THREADS\n": "1"}),
+    ({"tags": {"team\n": "x"}}, "tags", {"team\n": "x"}),
+    ({"source_git_branch": "main\n"}, "source_git_branch", "main\n"),
+    ({"resources": {"GPU\n": 1}}, "resources", {"GPU\n": 1}),
+    # Numbers are finite and bounded.
+    ({"n_workers": 99999999999999999999999}, "n_workers", 99999999999999999999999),
+    ({"n_workers": "99999999999999999999999"}, "n_workers", "99999999999999999999999"),
+    ({"n_workers": 10_001}, "n_workers", 10_001),
+    ({"n_workers": float("nan")}, "n_workers", float("nan")),
+    ({"resources": {"GPU": float("nan")}}, "resources", {"GPU": float("nan")}),
+    ({"resources": {"GPU": "nan"}}, "resources", {"GPU": "nan"}),
+    ({"resources": {"GPU": float("inf")}}, "resources", {"GPU": float("inf")}),
+    ({"resources": {"GPU": 10**400}}, "resources", {"GPU": 10**400}),
+    ({"resources": {"GPU": 1e13}}, "resources", {"GPU": 1e13}),
+    ({"resources": {"GPU": True}}, "resources", {"GPU": True}),
+    ({"worker_memory": "1e400GiB"}, "worker_memory", "1e400GiB"),
+    ({"worker_memory": 10**400}, "worker_memory", 10**400),
+    ({"scheduler_memory": "64TiB"}, "scheduler_memory", "64TiB"),
+    ({"worker_cpu": 10**400}, "worker_cpu", 10**400),
+    ({"worker_cpu": "nan"}, "worker_cpu", "nan"),
+    ({"scheduler_cpu": 1e300}, "scheduler_cpu", 1e300),
+    ({"idle_timeout": "1e400s"}, "idle_timeout", "1e400s"),
+    ({"idle_timeout": float("nan")}, "idle_timeout", float("nan")),
+    ({"max_lifetime": 10**400}, "max_lifetime", 10**400),
+    ({"max_lifetime": "9999d"}, "max_lifetime", "9999d"),
 ]
 
 
@@ -351,6 +381,20 @@ def test_worker_group_errors_name_the_field(groups: list[Any], field: str, value
     with pytest.raises(SpecError) as info:
         resolve_spec(worker_groups=groups)
     assert_spec_error(info.value, field, value)
+
+
+def test_workers_over_all_groups_are_bounded() -> None:
+    groups = [{**GROUP, "n_workers": 5_000}]
+    assert resolve_spec(n_workers=5_000, worker_groups=groups).total_workers == 10_000
+    with pytest.raises(SpecError) as info:
+        resolve_spec(n_workers=5_001, worker_groups=groups)
+    assert info.value.field == "worker_groups"
+    assert "10001" in str(info.value) and "for example" in str(info.value)
+
+
+def test_the_largest_bounded_values_are_accepted() -> None:
+    spec = resolve_spec(n_workers=10_000, resources={"GPU": 1e12}, max_lifetime="3650d")
+    assert spec.n_workers == 10_000 and spec.resources == {"GPU": 1e12}
 
 
 def test_worker_group_missing_field_is_required() -> None:

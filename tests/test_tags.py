@@ -248,6 +248,8 @@ def test_default_cluster_name_uses_recc_user(monkeypatch: pytest.MonkeyPatch) ->
         ("a_b", False),
         ("a.b", False),
         ("", False),
+        ("abc\n", False),  # a "$" anchor would accept the trailing newline
+        ("abc\n\n", False),
     ],
 )
 def test_is_dns1123_label(name: str, valid: bool) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 
 from recc.units import (
+    MAX_CPU,
+    MAX_DURATION,
+    MAX_MEMORY,
     GiB,
     MiB,
     cpu_millis,
@@ -40,7 +44,9 @@ def test_parse_memory_accepts_the_spellings_users_write(given: object, size: int
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "   ", "GiB", "abc", "1.5XB", "-1GiB", "0", 0, -2, "inf", "nan", True, None, [1.5]],
+    ["", "   ", "GiB", "abc", "1.5XB", "-1GiB", "0", 0, -2, "inf", "nan", True, None, [1.5],
+     "1e400GiB", "1e400", 10**400, 1e300, float("nan"), "33TiB", "0.5B"],
+    ids=lambda v: repr(v)[:30],
 )
 def test_parse_memory_rejects_what_is_not_a_positive_size(bad: object) -> None:
     with pytest.raises(ValueError):
@@ -64,7 +70,10 @@ def test_parse_cpu_accepts_cores_and_millicores(given: object, cores: float) -> 
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "abc", "1.5m", "0m", 0, -1, "-1", float("inf"), True, None, "1 core"]
+    "bad",
+    ["", "abc", "1.5m", "0m", 0, -1, "-1", float("inf"), True, None, "1 core",
+     float("nan"), "nan", 10**400, "1" + "0" * 400, "1e400", 1025, "0.0001"],
+    ids=lambda v: repr(v)[:30],
 )
 def test_parse_cpu_rejects_what_is_not_a_positive_number_of_cores(bad: object) -> None:
     with pytest.raises(ValueError):
@@ -95,7 +104,10 @@ def test_parse_duration_reads_never_as_none(never: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", " ", "h", "abc", "soon", "-1h", "0s", 0, -5, "inf", "nan", True, [1], {}]
+    "bad",
+    ["", " ", "h", "abc", "soon", "-1h", "0s", 0, -5, "inf", "nan", True, [1], {},
+     "1e400s", "1e400", 10**400, 1e300, float("nan"), float("inf"), "3651d"],
+    ids=lambda v: repr(v)[:30],
 )
 def test_parse_duration_rejects_what_is_not_a_positive_duration(bad: object) -> None:
     with pytest.raises(ValueError):
@@ -140,3 +152,22 @@ def test_cpu_millis_rounds_up_but_ignores_float_noise(cores: float, millis: int)
     # 0.1 + 0.2 is 0.30000000000000004: that must be 300m, not 301m; a real third is 334m
     # because requests are never rounded below what was asked.
     assert cpu_millis(cores) == millis
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    assert parse_memory("32TiB") == MAX_MEMORY
+    assert parse_cpu(MAX_CPU) == MAX_CPU and parse_cpu("1m") == 0.001
+    assert parse_duration("3650d") == MAX_DURATION
+
+
+@pytest.mark.parametrize(
+    "parse, value, words",
+    [
+        (parse_memory, "1e400GiB", "at most 32TiB"),
+        (parse_cpu, 10**400, "from 1m to 1024"),
+        (parse_duration, "1e400s", "at most 3650d"),
+    ],
+)
+def test_out_of_bounds_errors_state_the_bound(parse: Any, value: object, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse(value)

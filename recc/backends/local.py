@@ -4,6 +4,12 @@ Processes are detached (own session, output to log files, no inherited terminal)
 cluster made by ``recc up`` outlives the command. Each worker group runs as ``dask worker``
 host processes, one nanny-supervised process per worker. The scheduler listens on ``tls://``
 only and requires this cluster's certificates.
+
+A local cluster must fit the machine (:func:`check_fits_machine`): at most
+:data:`WORKERS_PER_CORE` workers per core, and :data:`PROCESS_MEMORY` of real memory per
+worker and for the scheduler. Memory *limits* above what the machine has are not refused:
+distributed caps each worker's limit at the machine's memory, so production templates
+(``highmem``) run here for development.
 """
 
 from __future__ import annotations
@@ -18,13 +24,53 @@ from distributed.security import Security
 
 from recc import config, state
 from recc.backends.base import ClusterStatus, Progress
-from recc.errors import BackendError, ClusterNotFound
+from recc.errors import BackendError, ClusterNotFound, SpecError
 from recc.estimate import Estimate
 from recc.procs import alive, free_port, scheduler_args, spawn, stop, tls_args
 from recc.spec import ClusterSpec, WorkerGroup, build_spec
 from recc.state import ClusterRecord
 from recc.tls import TLSFiles, create_cluster_tls
-from recc.units import MiB
+from recc.units import GiB, MiB, format_memory
+
+# More workers than this per core only thrash (each is a worker process and its nanny).
+WORKERS_PER_CORE = 4
+# What a worker (nanny and worker process) or the scheduler takes at rest, before any data.
+PROCESS_MEMORY = 256 * MiB
+
+
+def machine() -> tuple[int, int]:
+    """This machine's cores and memory in bytes (what :func:`check_fits_machine` compares)."""
+    import psutil
+
+    return os.cpu_count() or 1, psutil.virtual_memory().total
+
+
+def check_fits_machine(spec: ClusterSpec, cores: int, memory: int) -> None:
+    """Refuse a local cluster whose processes a machine of ``cores`` and ``memory`` bytes
+    cannot hold; :class:`SpecError` naming ``n_workers`` and the largest count that fits. Pure.
+
+    >>> from recc.spec import resolve_spec
+    >>> check_fits_machine(resolve_spec(n_workers=8), cores=2, memory=16 * GiB)
+    >>> try:
+    ...     check_fits_machine(resolve_spec(n_workers=1_000), cores=2, memory=16 * GiB)
+    ... except SpecError as e:
+    ...     print(e.example)
+    n_workers=8
+    """
+    by_cores = cores * WORKERS_PER_CORE
+    by_memory = memory // PROCESS_MEMORY - 1  # one for the scheduler
+    most = min(by_cores, by_memory)
+    if spec.total_workers <= most:
+        return
+    others = spec.total_workers - spec.n_workers  # workers of the other groups
+    problem = (
+        f"a local cluster of {spec.total_workers} workers does not fit this machine "
+        f"({cores} cores, {memory / GiB:.1f}GiB): at most {most} do, {WORKERS_PER_CORE} per "
+        f"core and {format_memory(PROCESS_MEMORY)} each at rest"
+    )
+    if others:
+        problem += f" ({others} of them in worker_groups)"
+    raise SpecError("n_workers", spec.n_workers, problem, f"n_workers={max(most - others, 1)}")
 
 
 def worker_resources(group: WorkerGroup) -> dict[str, float]:
@@ -185,7 +231,13 @@ class LocalBackend:
         deadline = time.monotonic() + self.start_timeout
         with Client(record.scheduler_address, security=self.security(record), timeout=30) as client:
             while True:
-                joined = len(client.scheduler_info(n_workers=-1)["workers"])
+                workers = client.scheduler_info(n_workers=-1).get("workers")
+                if workers is None:  # the scheduler is gone: its idle timeout, or a crash
+                    raise BackendError(
+                        f"the scheduler closed before {n} workers joined (an idle_timeout "
+                        f"shorter than the start?); see {self._log(record, 'scheduler.log')}"
+                    )
+                joined = len(workers)
                 progress("workers", min(joined, n), n)
                 if joined >= n:
                     return
@@ -211,6 +263,9 @@ class LocalBackend:
 
         spec = build_spec(record.spec)
         group = spec.groups()[0]
+        # Validated (at most MAX_WORKERS, and what this machine holds) before any worker starts.
+        scaled = spec.replace(n_workers=max(n_workers, 1))
+        check_fits_machine(scaled, *machine())
         with (
             state.locked(),
             Client(record.scheduler_address, security=self.security(record), timeout=30) as client,
@@ -229,7 +284,7 @@ class LocalBackend:
                 self._start_workers(record, spec, group, n_workers - len(mine), tls)
             elif n_workers < len(mine):
                 client.retire_workers(names=mine[n_workers:], close_workers=True)
-            record.spec = spec.replace(n_workers=max(n_workers, 1)).to_dict()
+            record.spec = scaled.to_dict()
             record.details["hosts"] = [h for h in record.details["hosts"] if alive(h)]
             state.save(record)
         if n_workers > len(mine):

@@ -28,7 +28,7 @@ from typing import Any
 from recc import state
 from recc.backends.base import get_backend
 from recc.errors import SpecError
-from recc.naming import current_user
+from recc.naming import check_cluster_name, current_user
 from recc.tags import parse_rfc3339, rfc3339, utcnow
 
 PROTECT_FILE = "protect.json"
@@ -92,13 +92,15 @@ def protection_of(mark: str | None, until: str | None) -> tuple[bool, dt.datetim
 def protect(name: str, until: dt.datetime | None = None, backend: str | None = None) -> Protection:
     """Keep cluster ``name`` from the harvester (until ``until``, else until unprotected).
 
-    Raises :class:`~recc.errors.ClusterNotFound` for an unknown cluster.
+    Raises :class:`~recc.errors.ClusterNotFound` for an unknown cluster,
+    :class:`~recc.errors.SpecError` for a name that cannot be a cluster name.
 
     Example
     -------
     >>> protect("recc-alice-1a2b3c", parse_until("2026-12-01T18:00:00Z"))  # doctest: +SKIP
     Protection(cluster='recc-alice-1a2b3c', until=datetime.datetime(2026, 12, 1, 18, 0, ...
     """
+    check_cluster_name(name)
     chosen = get_backend(backend)
     protection = Protection(name, until, current_user())
     if chosen.name == "eks":
@@ -116,6 +118,7 @@ def protect(name: str, until: dt.datetime | None = None, backend: str | None = N
 
 def unprotect(name: str, backend: str | None = None) -> bool:
     """Let the harvester judge cluster ``name`` again; False when it was not protected."""
+    check_cluster_name(name)
     chosen = get_backend(backend)
     if chosen.name == "eks":
         from recc.harvest import eks
