@@ -182,11 +182,12 @@ def test_default_cluster_in_detail() -> None:
     assert "listen(8789)" in option(scheduler["args"], "--preload")
     assert option(scheduler["args"], "--dashboard-address") == ":8787"
 
-    # 20 workers + the scheduler, plus one c5.xlarge node's worth (3 workers) of headroom.
+    # 20 workers + the scheduler, plus headroom for replacements while the old pods
+    # terminate: a second scheduler and one c5.xlarge node's worth (3 workers).
     assert one(docs, "ResourceQuota")["spec"]["hard"] == {
-        "pods": "24",
-        "requests.cpu": "24000m",
-        "requests.memory": f"{23 * 1536 + 2048}Mi",
+        "pods": "25",
+        "requests.cpu": "25000m",
+        "requests.memory": f"{23 * 1536 + 2 * 2048}Mi",
     }
     policies = {d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"}
     assert policies == {
