@@ -246,13 +246,14 @@ class DataStore:
             f.write(data)
 
     @contextlib.contextmanager
-    def atomic_write(self, url: str) -> Iterator[IO[bytes]]:
+    def atomic_write(self, url: str, mode: int | None = None) -> Iterator[IO[bytes]]:
         """Yield a binary file; on success it appears at every target of ``url`` at once.
 
         Readers never see a half-written file: a local target is written beside its final
         name and renamed into place; a remote target is uploaded from a local temporary
         file in one request (S3 makes an object visible only when its upload completes). If
-        the block raises, nothing is published and the temporary file is removed.
+        the block raises, nothing is published and the temporary file is removed. Local
+        targets get ``mode`` (default: the temporary file's private 0o600).
         """
         targets = self.targets(url)
         first_fs, first_path = self._target_fs(targets[0])
@@ -265,6 +266,8 @@ class DataStore:
         try:
             with os.fdopen(fd, "wb") as f:
                 yield f
+                if mode is not None:
+                    os.fchmod(f.fileno(), mode)
             for target in reversed(targets):  # the first target may consume tmp by rename
                 fs, path = self._target_fs(target)
                 if isinstance(fs, LocalFileSystem):
@@ -274,6 +277,8 @@ class DataStore:
                         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
                         part = f"{path}.{uuid.uuid4().hex}.part"
                         shutil.copyfile(tmp, part)
+                        if mode is not None:
+                            os.chmod(part, mode)
                         os.replace(part, path)
                 else:
                     fs.put_file(tmp, path)

@@ -153,6 +153,5 @@ def atomic_output(store: DataStore, url: str, mode: int | None = None) -> Iterat
     when renamed into place; a job's output is data, not a secret, so it gets ``mode``
     (default :func:`file_mode`, what the user's umask gives any new file).
     """
-    with store.atomic_write(url) as f:
+    with store.atomic_write(url, file_mode() if mode is None else mode) as f:
         yield f
-        os.fchmod(f.fileno(), file_mode() if mode is None else mode)
